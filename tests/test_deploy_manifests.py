@@ -1,0 +1,385 @@
+"""The deployment files, checked without a Docker engine or a cluster.
+
+docker-compose.yml against the Compose Specification (after interpolating it as compose
+does), the Kubernetes manifests against the API schemas, and the Dockerfile's few
+security-relevant lines.
+"""
+
+import json
+import os
+import re
+import stat
+import subprocess
+from collections.abc import Mapping
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+DOCKERFILE = ROOT / "Dockerfile"
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+K8S_DIR = ROOT / "deploy" / "kubernetes"
+SECRET_EXAMPLE = "secret.example.yaml"
+KUBERNETES_VERSION = "1.30"
+
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|ENCRYPTION_KEY")
+
+# Compose's interpolation syntax: $$ escapes a dollar; ${VAR}, $VAR, and ${VAR<op>arg}
+# with op one of :- - :? ? :+ +. Anything else after a dollar is an error, as in compose.
+_INTERPOLATION = re.compile(
+    r"\$(?:(?P<escaped>\$)"
+    r"|\{(?P<braced>[A-Za-z_]\w*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
+    r"|(?P<bare>[A-Za-z_]\w*)"
+    r"|(?P<invalid>))"
+)
+
+
+class InterpolationError(ValueError):
+    """A required variable is missing, or a dollar sign starts no valid expression."""
+
+
+def interpolate(value: str, env: Mapping[str, str]) -> str:
+    """Substitute variables in one string the way `docker compose` does."""
+
+    def substitute(match: re.Match[str]) -> str:
+        if match["escaped"]:
+            return "$"
+        if match["invalid"] is not None:
+            raise InterpolationError(f"invalid interpolation in {value!r}")
+        name = match["braced"] or match["bare"]
+        current = env.get(name, "")
+        op = match["op"]
+        if op is None:
+            return current
+        missing = not current if op.startswith(":") else name not in env
+        if op.endswith("-"):
+            return match["arg"] if missing else current
+        if op.endswith("+"):
+            return "" if missing else match["arg"]
+        if missing:
+            raise InterpolationError(f"required variable {name} is missing a value: {match['arg']}")
+        return current
+
+    return _INTERPOLATION.sub(substitute, value)
+
+
+def interpolate_tree(node: Any, env: Mapping[str, str]) -> Any:
+    """Interpolate every string value (never a key) of a parsed compose file."""
+    if isinstance(node, dict):
+        return {key: interpolate_tree(item, env) for key, item in node.items()}
+    if isinstance(node, list):
+        return [interpolate_tree(item, env) for item in node]
+    if isinstance(node, str):
+        return interpolate(node, env)
+    return node
+
+
+def strings_in(node: Any) -> list[str]:
+    """Every string value of a parsed YAML tree."""
+    if isinstance(node, dict):
+        return [text for item in node.values() for text in strings_in(item)]
+    if isinstance(node, list):
+        return [text for item in node for text in strings_in(item)]
+    return [node] if isinstance(node, str) else []
+
+
+def variables_in(node: Any) -> set[str]:
+    """Names of the variables that compose would substitute in a parsed tree."""
+    names = set()
+    for text in strings_in(node):
+        for match in _INTERPOLATION.finditer(text):
+            if name := match["braced"] or match["bare"]:
+                names.add(name)
+    return names
+
+
+def parse_env_file(path: Path) -> tuple[dict[str, str], set[str]]:
+    """KEY=value lines of a .env file, and the keys that have a comment line right above."""
+    values: dict[str, str] = {}
+    commented: set[str] = set()
+    previous = ""
+    for line in path.read_text().splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            key, _, value = stripped.partition("=")
+            values[key] = value
+            if previous.startswith("#"):
+                commented.add(key)
+        previous = stripped
+    return values, commented
+
+
+def filled_env() -> dict[str, str]:
+    """.env.example with every value a user must fill in filled, as a user would."""
+    values, _ = parse_env_file(ENV_EXAMPLE)
+    return {key: value or f"{key.lower()}0123" for key, value in values.items()}
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    """docker-compose.yml as written (YAML anchors and merge keys resolved)."""
+    return load_yaml(COMPOSE_FILE)
+
+
+@pytest.fixture(scope="module")
+def deployment() -> dict[str, Any]:
+    return load_yaml(K8S_DIR / "deployment.yaml")
+
+
+@pytest.fixture(scope="module")
+def kustomization() -> dict[str, Any]:
+    return load_yaml(K8S_DIR / "kustomization.yaml")
+
+
+# --- compose ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("template", "env", "expected"),
+    [
+        ("a-${X}-$X-$$X", {"X": "1"}, "a-1-1-$X"),
+        ("${X:-d} ${X-d} ${Y-d}", {"X": ""}, "d  d"),
+        ("${X:+yes}${Y+set}", {"X": "1", "Y": ""}, "yesset"),
+    ],
+)
+def test_interpolation_follows_compose_rules(
+    template: str, env: dict[str, str], expected: str
+) -> None:
+    assert interpolate(template, env) == expected
+
+
+def test_interpolation_rejects_what_compose_rejects() -> None:
+    with pytest.raises(InterpolationError, match="required variable X is missing a value: why"):
+        interpolate("${X:?why}", {"X": ""})
+    with pytest.raises(InterpolationError, match="invalid interpolation"):
+        interpolate("cost: 5$", {})
+
+
+def test_compose_file_matches_the_compose_specification(compose: dict[str, Any]) -> None:
+    schema_file = files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
+    schema = json.loads(schema_file.read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = [
+        f"{'/'.join(map(str, error.absolute_path))}: {error.message}"
+        for error in validator.iter_errors(interpolate_tree(compose, filled_env()))
+    ]
+    assert errors == []
+
+
+def test_compose_variables_are_all_documented_in_env_example(compose: dict[str, Any]) -> None:
+    documented, commented = parse_env_file(ENV_EXAMPLE)
+    assert variables_in(compose) == set(documented), "used in compose vs in .env.example"
+    assert set(documented) == commented, "every variable has a comment"
+
+
+def test_compose_secrets_come_only_from_env_and_have_no_default(compose: dict[str, Any]) -> None:
+    required_variable = re.compile(r"\$\{[A-Z0-9_]+(:?\?[^}]*)?\}")
+    for name, service in compose["services"].items():
+        for key, value in service.get("environment", {}).items():
+            if SECRET_NAME.search(key):
+                assert required_variable.fullmatch(str(value)), f"{name}: {key}={value}"
+            # A credential inside a URL (user:password@host) must be a variable too.
+            for password in re.findall(r"://[^/\s:@]+:([^@\s]+)@", str(value)):
+                assert required_variable.fullmatch(password), f"{name}: {key}"
+    example, _ = parse_env_file(ENV_EXAMPLE)
+    assert {key: value for key, value in example.items() if SECRET_NAME.search(key) and value} == {}
+
+
+@pytest.mark.parametrize(
+    "variable", sorted(key for key in parse_env_file(ENV_EXAMPLE)[0] if SECRET_NAME.search(key))
+)
+def test_compose_refuses_to_start_without_a_secret(compose: dict[str, Any], variable: str) -> None:
+    env = filled_env()
+    del env[variable]
+    with pytest.raises(InterpolationError, match=f"required variable {variable} is missing"):
+        interpolate_tree(compose, env)
+
+
+def test_object_store_gives_serving_read_only_access_to_one_bucket(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    """Runs the seaweedfs service's own start script, with a stand-in for `weed`."""
+    service = interpolate_tree(compose["services"]["seaweedfs"], filled_env())
+    stand_in = tmp_path / "bin" / "weed"
+    stand_in.parent.mkdir()
+    stand_in.write_text(
+        '#!/bin/sh\nfor arg; do case "$arg" in -s3.config=*) cp "${arg#*=}" "$OUT";; esac; done\n'
+    )
+    stand_in.chmod(0o755)
+    output = tmp_path / "s3.json"
+    subprocess.run(
+        [*service["entrypoint"], *service["command"]],
+        env={
+            **service["environment"],
+            "PATH": f"{stand_in.parent}:{os.environ['PATH']}",
+            "TMPDIR": str(tmp_path),
+            "OUT": str(output),
+        },
+        check=True,
+    )
+    written = tmp_path / "s3.json"
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    identities = {identity["name"]: identity for identity in json.loads(output.read_text())["identities"]}
+    env, bucket = service["environment"], service["environment"]["BUCKET"]
+    assert identities["serving"]["credentials"] == [
+        {"accessKey": env["S3_RO_ACCESS_KEY_ID"], "secretKey": env["S3_RO_SECRET_ACCESS_KEY"]}
+    ]
+    assert sorted(identities["serving"]["actions"]) == [f"List:{bucket}", f"Read:{bucket}"]
+    assert all(action.endswith(f":{bucket}") for action in identities["mlflow"]["actions"])
+    serving_env = compose["services"]["serving"]["environment"]
+    assert serving_env["AWS_ACCESS_KEY_ID"] == "${S3_RO_ACCESS_KEY_ID}"
+
+
+def test_prometheus_scrapes_every_serving_replica(compose: dict[str, Any]) -> None:
+    (job,) = load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]
+    (discovery,) = job["dns_sd_configs"]
+    command = compose["services"]["serving"]["command"]
+    assert discovery["names"] == ["serving"]
+    assert discovery["type"] == "A"
+    assert str(discovery["port"]) == command[command.index("--port") + 1]
+    assert job["metrics_path"] == "/metrics"
+
+
+# --- Kubernetes ------------------------------------------------------------------------
+
+
+def test_kubernetes_directory_holds_only_what_the_kustomization_uses(
+    kustomization: dict[str, Any],
+) -> None:
+    generated = [name for generator in kustomization["configMapGenerator"] for name in generator["files"]]
+    expected = {"kustomization.yaml", SECRET_EXAMPLE, *kustomization["resources"], *generated}
+    assert {path.name for path in K8S_DIR.iterdir()} == expected
+    assert SECRET_EXAMPLE not in kustomization["resources"]
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [*load_yaml(K8S_DIR / "kustomization.yaml")["resources"], SECRET_EXAMPLE],
+)
+def test_kubernetes_manifest_matches_the_api_schema(manifest: str) -> None:
+    for document in yaml.safe_load_all((K8S_DIR / manifest).read_text()):
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+def test_deployment_probes_hit_the_health_endpoints(deployment: dict[str, Any]) -> None:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
+    assert container["startupProbe"]["httpGet"]["path"] == "/health/live"
+
+
+def test_deployment_drains_before_it_is_killed(deployment: dict[str, Any]) -> None:
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    # The grace period also has to cover the requests still in flight after the sleep.
+    assert pod["terminationGracePeriodSeconds"] >= int(command[1]) + 20
+
+
+def test_deployment_runs_unprivileged_on_a_read_only_root(deployment: dict[str, Any]) -> None:
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    writable = {
+        mount["mountPath"]
+        for mount in container["volumeMounts"]
+        if not mount.get("readOnly") and "emptyDir" in volumes[mount["name"]]
+    }
+    assert writable == {"/tmp", "/var/cache/modelyard"}
+
+
+def test_kubernetes_objects_refer_to_each_other(
+    deployment: dict[str, Any], kustomization: dict[str, Any]
+) -> None:
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    labels = pod["metadata"]["labels"]
+    service = load_yaml(K8S_DIR / "service.yaml")
+    hpa = load_yaml(K8S_DIR / "hpa.yaml")
+    pdb = load_yaml(K8S_DIR / "pdb.yaml")
+    secret = load_yaml(K8S_DIR / SECRET_EXAMPLE)
+
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert service["spec"]["ports"][0]["targetPort"] in {p["name"] for p in container["ports"]}
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert container["envFrom"] == [{"secretRef": {"name": secret["metadata"]["name"]}}]
+
+    (generator,) = kustomization["configMapGenerator"]
+    (config_volume,) = [v for v in pod["spec"]["volumes"] if "configMap" in v]
+    assert config_volume["configMap"]["name"] == generator["name"]
+    (config_mount,) = [m for m in container["volumeMounts"] if m["name"] == config_volume["name"]]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env["MODELYARD_CONFIG"] == f"{config_mount['mountPath']}/{generator['files'][0]}"
+
+
+# --- Dockerfile ------------------------------------------------------------------------
+
+
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile's instructions, (keyword, arguments) per line, grouped by stage."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    stages: list[list[tuple[str, str]]] = [[]]
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        keyword, _, arguments = line.strip().partition(" ")
+        if keyword.upper() == "FROM":
+            stages.append([])
+        stages[-1].append((keyword.upper(), arguments.strip()))
+    return stages
+
+
+def test_dockerfile_builds_on_slim_python() -> None:
+    preamble, *stages = dockerfile_stages()
+    args = dict(arguments.partition("=")[::2] for keyword, arguments in preamble if keyword == "ARG")
+    stage_names: set[str] = set()
+    for stage in stages:
+        base, _, name = stage[0][1].partition(" AS ")
+        base = interpolate(base, args)
+        assert base in stage_names or re.fullmatch(r"python:3\.11-slim(@sha256:\w+)?", base), base
+        stage_names.add(name.strip())
+
+
+def test_dockerfile_images_run_as_a_non_root_user() -> None:
+    for stage in dockerfile_stages()[1:]:
+        users = [arguments for keyword, arguments in stage if keyword == "USER"]
+        if any(keyword in {"ENTRYPOINT", "CMD"} for keyword, _ in stage):
+            assert users, f"{stage[0][1]} sets no USER"
+            assert users[-1].partition(":")[0] not in {"root", "0"}
+
+
+def test_dockerfile_serving_image_refuses_pickles_and_keeps_a_private_cache() -> None:
+    serving = dockerfile_stages()[-1]
+    env = " ".join(arguments for keyword, arguments in serving if keyword == "ENV")
+    assert "MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false" in env.split()
+    runs = " ".join(arguments for keyword, arguments in serving if keyword == "RUN")
+    assert re.search(r"install -d -o modelyard -g modelyard -m 0700 /var/cache/modelyard", runs)
+
+
+def test_dockerfile_installs_the_cpu_torch_the_makefile_pins_before_the_project() -> None:
+    makefile_pin = re.search(r"torch==[\d.]+", (ROOT / "Makefile").read_text())
+    assert makefile_pin
+    build = [arguments for keyword, arguments in dockerfile_stages()[1] if keyword == "RUN"]
+    torch_step = next(i for i, run in enumerate(build) if "torch==" in run)
+    project_step = next(i for i, run in enumerate(build) if run.endswith("pip install ."))
+    assert torch_step < project_step
+    assert makefile_pin.group() in build[torch_step].split()
+    assert "--index-url https://download.pytorch.org/whl/cpu" in build[torch_step]

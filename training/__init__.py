@@ -1,0 +1,1 @@
+"""Training scripts: scikit-learn and PyTorch models on datasets that ship with scikit-learn."""

@@ -1,0 +1,58 @@
+"""Datasets bundled with scikit-learn, and the fixed seeded split into train and holdout."""
+
+from dataclasses import dataclass
+from typing import Literal
+
+import pandas as pd
+from sklearn import datasets as sk_datasets
+from sklearn.model_selection import train_test_split
+
+Task = Literal["classification", "regression"]
+
+TARGET = "target"
+"""Name of the target column in every logged holdout set."""
+
+_LOADERS = {
+    "breast-cancer": ("classification", sk_datasets.load_breast_cancer),
+    "diabetes": ("regression", sk_datasets.load_diabetes),
+}
+NAMES = tuple(_LOADERS)
+
+
+@dataclass(frozen=True)
+class Split:
+    """A dataset split into train and holdout, with named feature columns."""
+
+    name: str
+    task: Task
+    x_train: pd.DataFrame
+    y_train: pd.Series
+    x_holdout: pd.DataFrame
+    y_holdout: pd.Series
+
+    @property
+    def features(self) -> list[str]:
+        """The input columns every version of a model trained on this dataset takes."""
+        return list(self.x_train.columns)
+
+    def holdout_frame(self) -> pd.DataFrame:
+        """The holdout features with the target as column `target`."""
+        return self.x_holdout.assign(**{TARGET: self.y_holdout.to_numpy()})
+
+
+def load_split(name: str, *, split_seed: int = 0, holdout_fraction: float = 0.25) -> Split:
+    """Load a bundled dataset and split it; the same seed always gives the same split."""
+    if name not in _LOADERS:
+        raise ValueError(f"unknown dataset '{name}'; choose one of: {', '.join(NAMES)}")
+    task, loader = _LOADERS[name]
+    bunch = loader(as_frame=True)
+    features = bunch.data.rename(columns=lambda column: column.replace(" ", "_")).astype("float64")
+    target = bunch.target.astype("int64" if task == "classification" else "float64")
+    x_train, x_holdout, y_train, y_holdout = train_test_split(
+        features,
+        target,
+        test_size=holdout_fraction,
+        random_state=split_seed,
+        stratify=target if task == "classification" else None,
+    )
+    return Split(name, task, x_train, y_train, x_holdout, y_holdout)  # type: ignore[arg-type]

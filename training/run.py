@@ -1,0 +1,137 @@
+"""One training run: fit, log to MLflow (params, metrics, holdout, model), register, alias."""
+
+import logging
+import tempfile
+from dataclasses import asdict, dataclass
+from importlib import resources
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, Literal
+
+import mlflow
+from mlflow.models import ModelSignature
+from mlflow.pyfunc import PythonModelContext
+from mlflow.types import ColSpec, Schema
+
+from registry import metrics, versions
+from registry.client import connect
+from registry.refs import ModelRef
+from training import models
+from training.datasets import TARGET, Split, load_split
+from training.pyfunc.contract_model import ContractModel
+
+logger = logging.getLogger(__name__)
+
+Framework = Literal["sklearn", "torch"]
+HOLDOUT_ARTIFACT = "holdout/holdout.parquet"
+"""Where each run keeps its holdout set (features and `target`), for evaluation gates."""
+
+DEFAULT_MODEL_NAMES = {"breast-cancer": "cancer-classifier", "diabetes": "diabetes-regressor"}
+_OUTPUTS = {
+    "classification": Schema([ColSpec("long", "label"), ColSpec("double", "probability")]),
+    "regression": Schema([ColSpec("double", "prediction")]),
+}
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """What to train and where to register it."""
+
+    framework: Framework
+    dataset: str = "breast-cancer"
+    model_name: str | None = None
+    alias: str | None = None
+    seed: int = 0
+    split_seed: int = 0
+    experiment: str = "modelyard"
+    shuffle_labels: bool = False
+    estimator: models.Estimator = "linear"
+    hidden: int = 32
+    epochs: int = 300
+    lr: float = 0.01
+
+    @property
+    def registered_name(self) -> str:
+        """The registered model's name: given, or the dataset's default."""
+        return self.model_name or DEFAULT_MODEL_NAMES[self.dataset]
+
+
+def train(spec: TrainSpec, tracking_uri: str | None = None) -> ModelRef:
+    """Train as `spec` says, log and register a version; point `spec.alias` at it if given."""
+    client = connect(tracking_uri, timeout_s=30)
+    mlflow.set_tracking_uri(client.tracking_uri)
+    split = load_split(spec.dataset, split_seed=spec.split_seed)
+    if spec.shuffle_labels:
+        split = models.shuffled(split, spec.seed)
+    mlflow.set_experiment(spec.experiment)
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run() as run:
+        workdir = Path(tmp)
+        logger.info("training %s on %s (seed %d)", spec.framework, spec.dataset, spec.seed)
+        artifacts, config = _fit(spec, split, workdir)
+        mlflow.log_params({k: v for k, v in asdict(spec).items() if v is not None})
+        holdout_path = workdir / Path(HOLDOUT_ARTIFACT).name
+        split.holdout_frame().to_parquet(holdout_path)
+        mlflow.log_artifact(str(holdout_path), artifact_path=str(Path(HOLDOUT_ARTIFACT).parent))
+        holdout_metrics = _evaluate(split, artifacts, config)
+        mlflow.log_metrics({f"holdout_{k}": v for k, v in holdout_metrics.items()})
+        logger.info("holdout metrics: %s", _fmt(holdout_metrics))
+        logger.info("logging the model to MLflow (takes a few seconds)")
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(resources.files("training.pyfunc") / "contract_model.py"),
+            artifacts={k: str(v) for k, v in artifacts.items()},
+            model_config=config,
+            signature=ModelSignature(
+                inputs=Schema([ColSpec("double", f) for f in split.features]),
+                outputs=_OUTPUTS[split.task],
+            ),
+            input_example=split.x_train.head(3),
+            pip_requirements=_requirements(spec.framework),
+        )
+        ref = versions.register(
+            client,
+            info.model_uri,
+            spec.registered_name,
+            run_id=run.info.run_id,
+            model_id=info.model_id,
+        )
+    if spec.alias:
+        ref = versions.set_alias(client, ref, spec.alias)
+    return ref
+
+
+def _fit(spec: TrainSpec, split: Split, workdir: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+    config: dict[str, Any] = {
+        "task": split.task,
+        "features": split.features,
+        "framework": spec.framework,
+    }
+    if spec.framework == "sklearn":
+        pipeline = models.fit_sklearn(split, spec.estimator, spec.seed)
+        return {"pipeline": models.save_sklearn(pipeline, workdir)}, config
+    state = models.fit_torch(split, hidden=spec.hidden, epochs=spec.epochs, lr=spec.lr, seed=spec.seed)
+    return {"weights": models.save_torch(state, workdir)}, config | {"hidden": spec.hidden}
+
+
+def _evaluate(split: Split, artifacts: dict[str, Path], config: dict[str, Any]) -> dict[str, float]:
+    """Holdout metrics of exactly the code that will serve the model."""
+    model = ContractModel()
+    model.load_context(
+        PythonModelContext(artifacts={k: str(v) for k, v in artifacts.items()}, model_config=config)
+    )
+    output = model.predict(None, split.x_holdout)
+    return metrics.compute(split.task, split.y_holdout.to_numpy(), output)
+
+
+def _requirements(framework: Framework) -> list[str]:
+    packages = ["mlflow", "numpy", "pandas", "scikit-learn", "skops"]
+    if framework == "torch":
+        packages.append("torch")
+    return [f"{p}=={version(p)}" for p in packages]
+
+
+def _fmt(values: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in values.items())
+
+
+__all__ = ["HOLDOUT_ARTIFACT", "TARGET", "TrainSpec", "train"]
