@@ -27,7 +27,7 @@ FROM ${PYTHON_IMAGE} AS mlflow
 # so upgrading it is a deliberate step (`mlflow db upgrade`), not a side effect of a rebuild.
 ARG MLFLOW_VERSION=3.17.2
 RUN pip install --no-cache-dir --root-user-action=ignore \
-        "mlflow==${MLFLOW_VERSION}" psycopg2-binary boto3 \
+        "mlflow==${MLFLOW_VERSION}" psycopg2-binary==2.9.13 boto3==1.44.5 \
     && useradd --system --uid 10002 --user-group mlflow
 ENV MLFLOW_DISABLE_TELEMETRY=true \
     PYTHONUNBUFFERED=1

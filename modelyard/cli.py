@@ -9,7 +9,8 @@ from pydantic import ValidationError
 from training.cli import app as train_app
 
 app = typer.Typer(
-    help="MLflow-registry-backed model serving.", no_args_is_help=True,
+    help="MLflow-registry-backed model serving.",
+    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )

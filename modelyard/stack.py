@@ -7,10 +7,9 @@ import secrets
 import shutil
 import signal
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from typing import Any
 
 import boto3
 import requests
@@ -119,7 +118,7 @@ class Stack:
         took = child.wait_until(lambda: _healthy(health), s.start_timeout_s)
         self.say(f"      ready in {took:.1f} s at {s.tracking_uri}")
 
-    def s3_client(self):  # type: ignore[no-untyped-def]
+    def s3_client(self) -> Any:
         """A boto3 S3 client for the object store, with short timeouts."""
         env = self.s3_env()
         return boto3.client(
@@ -160,14 +159,15 @@ class Stack:
 
 def wait_forever() -> None:
     """Block until SIGINT or SIGTERM (both arrive as KeyboardInterrupt)."""
-    threading.Event().wait()
+    while True:
+        signal.pause()
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _answers(s3) -> bool:  # type: ignore[no-untyped-def]
+def _answers(s3: Any) -> bool:
     try:
         s3.list_buckets()
     except (BotoCoreError, ClientError):
@@ -175,7 +175,7 @@ def _answers(s3) -> bool:  # type: ignore[no-untyped-def]
     return True
 
 
-def _bucket_exists(s3, bucket: str) -> bool:  # type: ignore[no-untyped-def]
+def _bucket_exists(s3: Any, bucket: str) -> bool:
     try:
         s3.head_bucket(Bucket=bucket)
     except ClientError:
@@ -194,7 +194,10 @@ def _new_s3_config() -> str:
     identity = {
         "name": "modelyard",
         "credentials": [
-            {"accessKey": "MY" + secrets.token_hex(9).upper(), "secretKey": secrets.token_urlsafe(30)}
+            {
+                "accessKey": "MY" + secrets.token_hex(9).upper(),
+                "secretKey": secrets.token_urlsafe(30),
+            }
         ],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }

@@ -8,7 +8,9 @@ from mlflow.tracking import MlflowClient
 from registry.errors import RegistryUnavailable
 
 
-def connect(tracking_uri: str | None = None, *, timeout_s: float = 10, retries: int = 2) -> MlflowClient:
+def connect(
+    tracking_uri: str | None = None, *, timeout_s: float = 10, retries: int = 2
+) -> MlflowClient:
     """An MlflowClient for `tracking_uri` (default: MLFLOW_TRACKING_URI), checked reachable.
 
     MLflow reads its HTTP timeout and retry count from the environment on every call; unless

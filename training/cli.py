@@ -19,6 +19,10 @@ Alias = Annotated[str | None, typer.Option(help="Point this alias at the new ver
 Seed = Annotated[int, typer.Option(help="Seed of the model's own randomness.")]
 SplitSeed = Annotated[int, typer.Option(help="Seed of the train/holdout split (keep it fixed).")]
 Experiment = Annotated[str, typer.Option(help="MLflow experiment to log the run in.")]
+TrackingUri = Annotated[
+    str | None,
+    typer.Option(envvar="MLFLOW_TRACKING_URI", help="MLflow tracking server to log to."),
+]
 Shuffle = Annotated[
     bool, typer.Option(help="Permute the training labels: a deliberately useless model.")
 ]
@@ -36,15 +40,18 @@ def sklearn(
     split_seed: SplitSeed = 0,
     experiment: Experiment = "modelyard",
     shuffle_labels: Shuffle = False,
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """A scikit-learn pipeline: scaling, then a classifier or regressor."""
     if estimator not in ESTIMATORS:
-        raise typer.BadParameter(f"choose one of: {', '.join(ESTIMATORS)}", param_hint="--estimator")
-    chosen: Estimator = estimator  # type: ignore[assignment]
+        raise typer.BadParameter(
+            f"choose one of: {', '.join(ESTIMATORS)}", param_hint="--estimator"
+        )
+    chosen: Estimator = estimator
     _train(
         framework="sklearn", dataset=dataset, model_name=model_name, alias=alias, seed=seed,
         split_seed=split_seed, experiment=experiment, shuffle_labels=shuffle_labels,
-        estimator=chosen,
+        estimator=chosen, tracking_uri=tracking_uri,
     )  # fmt: skip
 
 
@@ -60,23 +67,24 @@ def torch(
     split_seed: SplitSeed = 0,
     experiment: Experiment = "modelyard",
     shuffle_labels: Shuffle = False,
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """A small PyTorch MLP, deterministic under its seed."""
     _train(
         framework="torch", dataset=dataset, model_name=model_name, alias=alias, seed=seed,
         split_seed=split_seed, experiment=experiment, shuffle_labels=shuffle_labels,
-        hidden=hidden, epochs=epochs, lr=lr,
+        hidden=hidden, epochs=epochs, lr=lr, tracking_uri=tracking_uri,
     )  # fmt: skip
 
 
-def _train(**options: object) -> None:
+def _train(tracking_uri: str | None, **options: object) -> None:
     from training.run import TrainSpec, train
 
     if options["dataset"] not in NAMES:
         raise typer.BadParameter(f"choose one of: {', '.join(NAMES)}", param_hint="--dataset")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        ref = train(TrainSpec(**options))  # type: ignore[arg-type]
+        ref = train(TrainSpec(**options), tracking_uri)  # type: ignore[arg-type]
     except RegistryError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

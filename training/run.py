@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import mlflow
 from mlflow.models import ModelSignature
-from mlflow.pyfunc import PythonModelContext
+from mlflow.pyfunc.model import PythonModelContext
 from mlflow.types import ColSpec, Schema
 
 from registry import metrics, versions
@@ -109,16 +109,19 @@ def _fit(spec: TrainSpec, split: Split, workdir: Path) -> tuple[dict[str, Path],
     if spec.framework == "sklearn":
         pipeline = models.fit_sklearn(split, spec.estimator, spec.seed)
         return {"pipeline": models.save_sklearn(pipeline, workdir)}, config
-    state = models.fit_torch(split, hidden=spec.hidden, epochs=spec.epochs, lr=spec.lr, seed=spec.seed)
+    state = models.fit_torch(
+        split, hidden=spec.hidden, epochs=spec.epochs, lr=spec.lr, seed=spec.seed
+    )
     return {"weights": models.save_torch(state, workdir)}, config | {"hidden": spec.hidden}
 
 
 def _evaluate(split: Split, artifacts: dict[str, Path], config: dict[str, Any]) -> dict[str, float]:
     """Holdout metrics of exactly the code that will serve the model."""
-    model = ContractModel()
-    model.load_context(
-        PythonModelContext(artifacts={k: str(v) for k, v in artifacts.items()}, model_config=config)
+    context = PythonModelContext(  # type: ignore[no-untyped-call]
+        artifacts={k: str(v) for k, v in artifacts.items()}, model_config=config
     )
+    model = ContractModel()
+    model.load_context(context)
     output = model.predict(None, split.x_holdout)
     return metrics.compute(split.task, split.y_holdout.to_numpy(), output)
 

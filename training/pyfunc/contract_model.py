@@ -13,7 +13,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.pyfunc import PythonModel, PythonModelContext
+from mlflow.pyfunc.model import PythonModel, PythonModelContext
 
 SKOPS_TRUSTED = [
     "sklearn.pipeline.Pipeline",
@@ -48,7 +48,7 @@ def to_contract(task: str, scores: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({"prediction": scores.astype("float64")})
 
 
-class ContractModel(PythonModel):  # type: ignore[misc]
+class ContractModel(PythonModel):
     """Any framework's model behind the registered model's one output contract."""
 
     def load_context(self, context: PythonModelContext) -> None:

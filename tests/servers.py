@@ -1,0 +1,82 @@
+"""Real servers for tests: moto's S3 server and an `mlflow server` process on a free port."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_http(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    """Wait until `url` answers 200, failing early if `process` dies."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout_s} s")
+
+
+def start_mlflow(
+    workdir: Path, s3_endpoint: str, bucket: str, backend_uri: str | None = None
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """Start `mlflow server` (SQLite under workdir unless given) proxying artifacts to S3."""
+    port = free_port()
+    env = (
+        os.environ
+        | S3_ENV
+        | {
+            "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0xMjM0NTY=",
+            "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+            "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+        }
+    )
+    log = (workdir / f"mlflow-{port}.log").open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            backend_uri or f"sqlite:///{workdir / 'mlflow.db'}",
+            "--artifacts-destination",
+            f"s3://{bucket}/artifacts",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    wait_http(f"{uri}/health", process)
+    return uri, process

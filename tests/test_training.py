@@ -1,0 +1,126 @@
+"""Training: real versions in a real registry, artifacts really in S3, one output contract."""
+
+import io
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from modelyard.cli import app
+from tests.conftest import BUCKET, S3, DemoRegistry
+from training import models
+from training.datasets import TARGET, load_split
+from training.run import HOLDOUT_ARTIFACT
+
+
+def _s3_keys(s3: S3, contains: str) -> list[str]:
+    pages = s3.client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)  # type: ignore[attr-defined]
+    return [o["Key"] for page in pages for o in page.get("Contents", []) if contains in o["Key"]]
+
+
+def _read_s3(s3: S3, key: str) -> bytes:
+    return s3.client.get_object(Bucket=BUCKET, Key=key)["Body"].read()  # type: ignore[attr-defined,no-any-return]
+
+
+def test_training_model_artifacts_are_in_s3_with_signature(demo_registry: DemoRegistry, s3: S3):
+    client = MlflowClient(demo_registry.tracking_uri)
+    version = client.get_model_version("cancer-classifier", demo_registry.classifier_torch.version)
+    model_id = version.source.removeprefix("models:/")  # MLflow 3: the logged model's id
+    mlmodel_key = next(k for k in _s3_keys(s3, model_id) if k.endswith("/MLmodel"))
+    mlmodel = yaml.safe_load(_read_s3(s3, mlmodel_key))
+    inputs = yaml.safe_load(mlmodel["signature"]["inputs"])
+    outputs = yaml.safe_load(mlmodel["signature"]["outputs"])
+    assert [c["name"] for c in inputs][:2] == ["mean_radius", "mean_texture"]
+    assert [(c["name"], c["type"]) for c in outputs] == [
+        ("label", "long"),
+        ("probability", "double"),
+    ]
+    assert any(k.endswith("weights.pt") for k in _s3_keys(s3, model_id))
+    assert any(k.endswith("input_example.json") for k in _s3_keys(s3, model_id))
+
+
+def test_training_logs_holdout_with_target_in_s3(demo_registry: DemoRegistry, s3: S3):
+    run_id = demo_registry.classifier_sklearn.run_id
+    assert run_id is not None
+    (key,) = _s3_keys(s3, f"{run_id}/artifacts/{HOLDOUT_ARTIFACT}")
+    holdout = pd.read_parquet(io.BytesIO(_read_s3(s3, key)))
+    split = load_split("breast-cancer")
+    assert len(holdout) == len(split.x_holdout)
+    assert list(holdout.columns) == [*split.features, TARGET]
+
+
+def test_training_sets_aliases(demo_registry: DemoRegistry):
+    client = MlflowClient(demo_registry.tracking_uri)
+    aliases = client.get_registered_model("cancer-classifier").aliases
+    assert aliases == {
+        "production": demo_registry.classifier_sklearn.version,
+        "staging": demo_registry.classifier_torch.version,
+    }
+    assert client.get_model_version_by_alias("diabetes-regressor", "production").status == "READY"
+
+
+def test_classifier_versions_answer_in_one_contract(demo_registry: DemoRegistry):
+    split = load_split("breast-cancer")
+    request = split.x_holdout.head(20)
+    answers = [
+        mlflow.pyfunc.load_model(ref.uri).predict(request)
+        for ref in (demo_registry.classifier_sklearn, demo_registry.classifier_torch)
+    ]
+    for answer in answers:
+        assert list(answer.columns) == ["label", "probability"]
+        assert answer["label"].dtype == np.int64
+        assert answer["probability"].between(0, 1).all()
+    agreement = (answers[0]["label"] == answers[1]["label"]).mean()
+    assert agreement >= 0.85  # two frameworks, same task: they mostly agree
+
+
+def test_regressor_answers_prediction_column(demo_registry: DemoRegistry):
+    split = load_split("diabetes")
+    answer = mlflow.pyfunc.load_model(demo_registry.regressor.uri).predict(split.x_holdout)
+    assert list(answer.columns) == ["prediction"]
+    residual = answer["prediction"].to_numpy() - split.y_holdout.to_numpy()
+    assert np.sqrt(np.mean(residual**2)) < split.y_holdout.std()  # better than the mean
+
+
+def test_torch_training_is_deterministic_under_a_seed():
+    split = load_split("breast-cancer")
+    first, second, other = (
+        models.fit_torch(split, hidden=8, epochs=20, lr=0.01, seed=seed) for seed in (3, 3, 4)
+    )
+    weights = "0.weight"  # the first layer of the Sequential
+    assert np.array_equal(first["net"][weights].numpy(), second["net"][weights].numpy())
+    assert not np.array_equal(first["net"][weights].numpy(), other["net"][weights].numpy())
+
+
+def test_split_is_fixed_by_its_seed():
+    assert load_split("diabetes").x_holdout.index.equals(load_split("diabetes").x_holdout.index)
+    assert not load_split("diabetes", split_seed=1).x_holdout.index.equals(
+        load_split("diabetes").x_holdout.index
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "sklearn", "--dataset", "mnist"], "--dataset"),
+        (["train", "sklearn", "--estimator", "svm"], "--estimator"),
+        (["train", "torch", "--epochs", "0"], "--epochs"),
+    ],
+)
+def test_train_bad_option_fails_cleanly(argv: list[str], message: str):
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_train_unreachable_tracking_server_fails_cleanly(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    result = CliRunner().invoke(app, ["train", "sklearn"])
+    assert result.exit_code == 1
+    assert "not reachable" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
