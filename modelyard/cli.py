@@ -6,6 +6,7 @@ import time
 import typer
 from pydantic import ValidationError
 
+from serving.cli import serve
 from training.cli import app as train_app
 
 app = typer.Typer(
@@ -15,6 +16,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(train_app, name="train")
+app.command()(serve)
 
 
 @app.command()

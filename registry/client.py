@@ -1,5 +1,6 @@
 """Building an MLflow client whose calls are bounded in time."""
 
+import math
 import os
 
 import requests
@@ -16,7 +17,7 @@ def connect(
     MLflow reads its HTTP timeout and retry count from the environment on every call; unless
     the user set them, bound them here so a hanging server cannot stall a caller for minutes.
     """
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, math.ceil(timeout_s))))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
     client = MlflowClient(tracking_uri)
     check_reachable(client.tracking_uri, timeout_s=timeout_s)

@@ -7,7 +7,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from registry.errors import AliasNotFound, ModelNotFound, VersionNotReady
+from registry.errors import AliasNotFound, ModelNotFound, VersionNotFound, VersionNotReady
 from registry.refs import ModelRef
 
 logger = logging.getLogger(__name__)
@@ -35,8 +35,15 @@ def get(client: MlflowClient, name: str, version: str) -> ModelRef:
     except MlflowException as exc:
         if exc.error_code != _NOT_FOUND:
             raise
-        raise ModelNotFound(f"{name} version {version}") from exc
+        raise VersionNotFound(name, version) from exc
     return _ref(found, None)
+
+
+def find(client: MlflowClient, name: str, alias_or_version: str) -> ModelRef:
+    """The exact version named by a version number (all digits) or else by an alias."""
+    if alias_or_version.isdigit():
+        return get(client, name, alias_or_version)
+    return resolve(client, name, alias_or_version)
 
 
 def register(
@@ -88,3 +95,16 @@ def _ref(version: ModelVersion, alias: str | None) -> ModelRef:
     return ModelRef(
         name=version.name, version=str(version.version), run_id=version.run_id, alias=alias
     )
+
+
+def get_ready(client: MlflowClient, name: str, version: str) -> ModelRef:
+    """The reference for an exact version, only if its status is READY (never waits)."""
+    try:
+        found = client.get_model_version(name, version)
+    except MlflowException as exc:
+        if exc.error_code != _NOT_FOUND:
+            raise
+        raise ModelNotFound(f"{name} version {version}") from exc
+    if found.status != "READY":
+        raise VersionNotReady(name, version, found.status)
+    return _ref(found, None)

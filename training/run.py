@@ -117,7 +117,7 @@ def _fit(spec: TrainSpec, split: Split, workdir: Path) -> tuple[dict[str, Path],
 
 def _evaluate(split: Split, artifacts: dict[str, Path], config: dict[str, Any]) -> dict[str, float]:
     """Holdout metrics of exactly the code that will serve the model."""
-    context = PythonModelContext(  # type: ignore[no-untyped-call]
+    context = PythonModelContext(
         artifacts={k: str(v) for k, v in artifacts.items()}, model_config=config
     )
     model = ContractModel()

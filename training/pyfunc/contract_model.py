@@ -101,7 +101,12 @@ class ContractModel(PythonModel):
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
         """Score the named feature columns (extra columns are ignored) into the contract."""
-        x = model_input[self.features].to_numpy(dtype="float64")
+        columns = (
+            model_input
+            if list(model_input.columns) == self.features
+            else model_input[self.features]
+        )
+        x = columns.to_numpy(dtype="float64")
         return to_contract(self.task, self.score(x))
 
 

@@ -1,0 +1,1 @@
+"""The serving layer: alias-resolved model slots behind MLflow's scoring protocol."""

@@ -1,0 +1,49 @@
+"""`create_app`: the FastAPI application factory. Nothing is built at import time."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from serving import logs
+from serving.errors import ServingError
+from serving.routes import error_response, router
+from serving.service import Service
+from serving.settings import ServingSettings
+
+
+def create_app(settings: ServingSettings | None = None) -> FastAPI:
+    """Build the app; uvicorn's `factory=True` calls this with no argument (settings from env)."""
+    settings = settings or ServingSettings()
+    logs.configure(settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = Service(settings)
+        app.state.service = service
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(title="modelyard", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.include_router(router)
+    app.add_exception_handler(ServingError, _serving_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    return app
+
+
+async def _serving_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServingError)
+    return error_response(exc)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    where = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors()[:3])
+    return JSONResponse(
+        {"error_code": "BAD_REQUEST", "message": f"invalid request: {where}"}, status_code=400
+    )

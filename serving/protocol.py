@@ -1,0 +1,167 @@
+"""MLflow's scoring protocol: content types, the four JSON formats, CSV, Parquet, responses."""
+
+from dataclasses import dataclass
+from io import BytesIO, StringIO
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.types import Schema
+
+from serving import inputs
+from serving.errors import BadRequest, InvalidInput, UnsupportedMediaType
+from serving.inputs import Batch, InputSpec
+
+JSON, CSV, PARQUET = "application/json", "text/csv", "application/vnd.apache.parquet"
+FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+CHAT_KEYS = ("messages", "prompt")
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A request body read as the scoring protocol says.
+
+    `batch` is set when the input was validated here against a named-column signature;
+    otherwise `data` holds MLflow's own parse of it, for the model's pyfunc to check.
+    """
+
+    batch: Batch | None = None
+    data: Any = None
+    params: dict[str, Any] | None = None
+
+
+def decode(
+    body: bytes, content_type: str | None, spec: InputSpec | None, schema: Schema | None
+) -> Decoded:
+    """Read `body` by its content type; raise 415 or 400 naming what is wrong."""
+    mime = _media_type(content_type)
+    if mime == JSON:
+        return _decode_json(body, spec, schema)
+    if mime == CSV:
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("the CSV body is not valid UTF-8") from None
+        frame = _read_table(lambda: _mlflow_csv(text, schema), "CSV with a header row")
+    else:
+        frame = _read_table(lambda: pd.read_parquet(BytesIO(body)), "Parquet")
+    return Decoded(batch=inputs.from_frame(spec, frame)) if spec else Decoded(data=frame)
+
+
+def encode(predictions: Any) -> bytes:
+    """`{"predictions": ...}` as MLflow writes it (a DataFrame as records)."""
+    if isinstance(predictions, pd.DataFrame):
+        names = [str(c) for c in predictions.columns]
+        columns = [predictions[c].tolist() for c in predictions.columns]
+        body: Any = [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+    elif isinstance(predictions, np.ndarray):
+        body = predictions.tolist()
+    elif isinstance(predictions, pd.Series):
+        body = pd.DataFrame(predictions).to_dict(orient="records")
+    else:
+        body = predictions
+    return orjson.dumps({"predictions": body}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _media_type(content_type: str | None) -> str:
+    if not content_type:
+        raise UnsupportedMediaType(
+            f"a Content-Type header is required: one of {JSON}, {CSV}, {PARQUET}"
+        )
+    mime, *parameters = (part.strip() for part in content_type.split(";"))
+    values = {
+        key.strip().lower(): value.strip()
+        for key, _, value in (p.partition("=") for p in parameters)
+    }
+    if values.get("charset", "utf-8").lower() != "utf-8":
+        raise UnsupportedMediaType("the scoring server only supports UTF-8")
+    if unknown := set(values) - {"charset"}:
+        raise UnsupportedMediaType(
+            f"unrecognized content type parameters: {', '.join(sorted(unknown))}"
+        )
+    if mime.lower() not in (JSON, CSV, PARQUET):
+        raise UnsupportedMediaType(
+            f"unsupported content type '{mime}': use one of {JSON}, {CSV}, {PARQUET}"
+        )
+    return mime.lower()
+
+
+def _decode_json(body: bytes, spec: InputSpec | None, schema: Schema | None) -> Decoded:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc.args[0].split(':')[0]}") from None
+    if not isinstance(document, dict):
+        raise BadRequest(f"the body must be a JSON object with exactly one of {', '.join(FORMATS)}")
+    keys = [k for k in FORMATS if k in document]
+    if not keys and any(k in document for k in CHAT_KEYS):
+        raise BadRequest(
+            "chat inputs ('messages', 'prompt') are not supported: use " + ", ".join(FORMATS)
+        )
+    if len(keys) != 1:
+        raise BadRequest(
+            f"the body must have exactly one of {', '.join(FORMATS)}; it has {len(keys)}"
+        )
+    params = document.get("params")
+    if params is not None and not isinstance(params, dict):
+        raise BadRequest("'params' must be a JSON object of name -> value")
+    key = keys[0]
+    value = document[key]
+    if spec is not None and (batch := _fast_batch(spec, key, value)) is not None:
+        return Decoded(batch=batch, params=params)
+    return Decoded(data=_mlflow_parse({key: value}, schema), params=params)
+
+
+def _fast_batch(spec: InputSpec, key: str, value: Any) -> Batch | None:
+    """Validate a named-column request here; None for shapes left to MLflow's parser."""
+    if key == "dataframe_split":
+        if not isinstance(value, dict) or "data" not in value:
+            raise InvalidInput("'dataframe_split' must be an object with 'columns' and 'data'")
+        if "columns" not in value:
+            raise InvalidInput("'dataframe_split' needs 'columns' naming the signature's inputs")
+        return inputs.from_rows(spec, value["columns"], value["data"])
+    if isinstance(value, list) and all(isinstance(r, dict) for r in value):
+        return inputs.from_records(spec, value)
+    if key == "dataframe_records":
+        raise InvalidInput("'dataframe_records' must be a list of objects of column -> value")
+    if isinstance(value, dict):
+        return inputs.from_columns(spec, value)
+    return None
+
+
+def _mlflow_parse(data: dict[str, Any], schema: Schema | None) -> Any:
+    from mlflow.pyfunc.scoring_server import infer_and_parse_data
+
+    try:
+        return infer_and_parse_data(data, schema)  # type: ignore[arg-type]  # None is accepted
+    except MlflowException as exc:
+        raise InvalidInput(first_line(exc.message)) from None
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(
+            f"the input does not fit the model's signature: {first_line(str(exc))}"
+        ) from None
+
+
+def _mlflow_csv(text: str, schema: Schema | None) -> pd.DataFrame:
+    if schema is None or schema.is_tensor_spec() or not schema.has_input_names():
+        return pd.read_csv(StringIO(text))
+    types = dict(zip(schema.input_names(), schema.pandas_types(), strict=True))
+    return pd.read_csv(StringIO(text), dtype=types)
+
+
+def _read_table(read: Any, what: str) -> pd.DataFrame:
+    try:
+        frame = read()
+    except Exception:  # pandas and pyarrow raise many types for unreadable input
+        raise BadRequest(f"could not read the body as {what} matching the signature") from None
+    if not isinstance(frame, pd.DataFrame):
+        raise BadRequest(f"could not read the body as {what}")
+    return frame
+
+
+def first_line(message: str, limit: int = 300) -> str:
+    """The first line of an error message, cut short: never a payload or a traceback."""
+    line = message.strip().splitlines()[0] if message.strip() else "invalid input"
+    return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -1,0 +1,111 @@
+"""The serving process's long-lived state and the prediction path, without HTTP."""
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from serving import protocol, traffic
+from serving.errors import ModelFailed, Overloaded, PredictTimeout, ServingError
+from serving.metrics import Metrics
+from serving.model import LoadedModel
+from serving.settings import ServingSettings
+from serving.slots import SlotTable
+from serving.watcher import Watcher
+
+logger = logging.getLogger("serving.requests")
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A prediction, encoded, and the version that made it."""
+
+    body: bytes
+    model: LoadedModel
+    alias: str
+    extra_columns: tuple[str, ...]
+    fallback: bool
+
+
+class Service:
+    """Slots, watcher, metrics and the predict thread pool of one serving process."""
+
+    def __init__(self, settings: ServingSettings) -> None:
+        self.settings = settings
+        self.table = SlotTable()
+        self.metrics = Metrics()
+        self.watcher = Watcher(settings, self.table, self.metrics)
+        self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="predict")
+        self.in_flight = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Begin following the registry; loads happen in the background."""
+        self._task = asyncio.create_task(self.watcher.run())
+
+    async def stop(self) -> None:
+        """Stop polling and loading; let the predict threads finish."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.watcher.stop()
+        self.executor.shutdown(wait=True)
+
+    def default_model(self) -> str:
+        """The model behind /invocations: the configured one, else the first served by name."""
+        if self.settings.default_model:
+            return self.settings.default_model
+        names = self.settings.models or sorted(self.table.models)
+        if not names:
+            raise ServingError("no model is served yet")
+        return names[0]
+
+    async def invoke(
+        self, name: str, alias: str | None, key: str | None, body: bytes, content_type: str | None
+    ) -> Answer:
+        """Route, decode, validate, predict and encode one request."""
+        served = self.table.model(name)
+        fallback = False
+        if alias is None:
+            choice = traffic.choose(
+                served.split, key, served.loaded_aliases(), served.required_alias
+            )
+            alias, fallback = choice.alias, choice.fallback
+            if fallback:
+                self.metrics.fallbacks.labels(name, alias).inc()
+        _, loaded = self.table.loaded(name, alias)
+        decoded = protocol.decode(body, content_type, loaded.spec, loaded.schema)
+        extra = decoded.batch.extra if decoded.batch is not None else ()
+        if extra:
+            self.metrics.extra_columns.labels(name).inc()
+        predictions = await self._predict(loaded, alias, decoded)
+        return Answer(protocol.encode(predictions), loaded, alias, extra, fallback)
+
+    async def _predict(self, loaded: LoadedModel, alias: str, decoded: protocol.Decoded) -> Any:
+        if self.in_flight >= self.settings.max_in_flight:
+            raise Overloaded(f"more than {self.settings.max_in_flight} requests in flight")
+        self.in_flight += 1
+        try:
+            if loaded.inline:
+                return loaded.predict(decoded)
+            future = asyncio.get_running_loop().run_in_executor(
+                self.executor, loaded.predict, decoded
+            )
+            return await asyncio.wait_for(future, timeout=self.settings.predict_timeout_s)
+        except ServingError:
+            raise
+        except TimeoutError:
+            limit = self.settings.predict_timeout_s
+            raise PredictTimeout(
+                f"model '{loaded.ref.name}' did not answer within {limit} s"
+            ) from None
+        except Exception as exc:
+            logger.error(
+                "model raised on valid input",
+                exc_info=exc,
+                extra={"model": loaded.ref.name, "alias": alias, "version": loaded.ref.version},
+            )
+            raise ModelFailed(loaded.ref.name, alias, loaded.ref.version) from None
+        finally:
+            self.in_flight -= 1

@@ -1,0 +1,104 @@
+"""Model slots: one per (model, alias), each pointing at the loaded version it serves.
+
+The pointer is swapped in one assignment on the event loop: a request reads it once and
+keeps that version to the end, so in-flight requests finish on the version they started on
+and the old version is released when the last of them lets go.
+"""
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from serving.errors import ModelNotReady, UnknownAlias, UnknownModel
+from serving.model import LoadedModel
+from serving.traffic import TrafficSplit
+
+State = Literal["absent", "loading", "ready", "failed"]
+
+
+@dataclass(eq=False)
+class Slot:
+    """What one alias of one model serves, and what is happening to it."""
+
+    model: str
+    alias: str
+    current: LoadedModel | None = None
+    wanted: str | None = None
+    """The version the alias named at the last poll (the latest target wins)."""
+    loading: str | None = None
+    """The version being loaded now, if any."""
+    error: str | None = None
+    failures: int = 0
+    retry_at: float = 0.0
+    note: str | None = None
+
+    @property
+    def state(self) -> State:
+        """absent (nothing to load), loading, ready, or failed (nothing loaded, last try failed)."""
+        if self.loading is not None and self.current is None:
+            return "loading"
+        if self.current is not None:
+            return "ready"
+        return "failed" if self.error else "absent"
+
+    def failed(self, version: str, reason: str, backoff_s: float) -> None:
+        """Record a failed load of `version`; the next try waits longer each time (to 60 s)."""
+        self.error = f"version {version}: {reason}"
+        self.failures += 1
+        self.retry_at = time.monotonic() + min(60.0, backoff_s * 2 ** (self.failures - 1))
+
+    def swapped(self, loaded: LoadedModel) -> LoadedModel | None:
+        """Serve `loaded` from now on; return the version it replaced."""
+        previous, self.current = self.current, loaded
+        self.error, self.failures, self.retry_at = None, 0, 0.0
+        return previous
+
+
+@dataclass(eq=False)
+class ServedModel:
+    """One registered model: its slots by alias and the traffic split in force."""
+
+    name: str
+    slots: dict[str, Slot]
+    split: TrafficSplit
+    required_alias: str
+    split_problem: str | None = None
+    strict: bool = False
+
+    @property
+    def ready(self) -> bool:
+        """Ready when the required alias has a loaded version."""
+        return self.slots[self.required_alias].current is not None
+
+    def loaded_aliases(self) -> list[str]:
+        """Aliases with a loaded version."""
+        return [a for a, s in self.slots.items() if s.current is not None]
+
+
+@dataclass(eq=False)
+class SlotTable:
+    """Every served model, by name."""
+
+    models: dict[str, ServedModel] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[Slot]:
+        for served in self.models.values():
+            yield from served.slots.values()
+
+    def model(self, name: str) -> ServedModel:
+        """The served model `name`, or 404."""
+        served = self.models.get(name)
+        if served is None:
+            raise UnknownModel(name)
+        return served
+
+    def loaded(self, name: str, alias: str) -> tuple[Slot, LoadedModel]:
+        """The slot and the version it serves now, or 404/503."""
+        slot = self.model(name).slots.get(alias)
+        if slot is None:
+            raise UnknownAlias(name, alias)
+        current = slot.current
+        if current is None:
+            raise ModelNotReady(name, alias)
+        return slot, current

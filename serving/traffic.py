@@ -1,0 +1,96 @@
+"""A/B traffic: which alias answers an unpinned request. Pure functions of their inputs.
+
+A request with a routing key is placed by weighted rendezvous hashing: each alias scores the
+key with a salted hash, weighted, and the highest score wins. The same key lands on the same
+alias on every replica and after restarts, and a change of weights moves only the keys that
+must move, for any number of aliases and whatever their order.
+"""
+
+import hashlib
+import json
+import math
+import random
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+TAG = "modelyard.traffic"
+"""Registered-model tag whose JSON value overrides the configured split."""
+
+Source = Literal["config", "tag", "default"]
+
+
+class BadSplit(ValueError):
+    """A traffic split that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class TrafficSplit:
+    """Weights per alias (any positive scale), a salt, and where they came from."""
+
+    weights: Mapping[str, float]
+    salt: str = ""
+    source: Source = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """The alias chosen, and whether the split's own choice was not loaded."""
+
+    alias: str
+    fallback: bool = False
+
+
+def parse_tag(value: str) -> TrafficSplit:
+    """A split from the tag's JSON: `{"production": 90, "staging": 10, "salt": "exp-1"}`."""
+    try:
+        document = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise BadSplit(f"{TAG} is not valid JSON: {exc.msg}") from None
+    if not isinstance(document, dict):
+        raise BadSplit(f"{TAG} must be a JSON object of alias -> weight")
+    salt = document.pop("salt", "")
+    if not isinstance(salt, str):
+        raise BadSplit(f"{TAG}: 'salt' must be a string")
+    return TrafficSplit(validate(document), salt, "tag")
+
+
+def validate(weights: Mapping[str, object]) -> dict[str, float]:
+    """Weights as floats; each non-negative and finite, at least one positive."""
+    checked: dict[str, float] = {}
+    for alias, weight in weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise BadSplit(f"weight of '{alias}' must be a number")
+        if not math.isfinite(weight) or weight < 0:
+            raise BadSplit(f"weight of '{alias}' must be finite and >= 0")
+        checked[alias] = float(weight)
+    if not any(checked.values()):
+        raise BadSplit("at least one alias needs a positive weight")
+    return checked
+
+
+def choose(
+    split: TrafficSplit,
+    key: str | None,
+    loaded: Collection[str],
+    fallback: str,
+    rng: random.Random | None = None,
+) -> Choice:
+    """The alias for one request: sticky by `key` when given, else weighted random.
+
+    An alias that is not loaded takes no traffic: its share goes to `fallback`.
+    """
+    weights = {a: w for a, w in split.weights.items() if w > 0}
+    if key is None:
+        aliases = list(weights)
+        wanted = (rng or random).choices(aliases, weights=[weights[a] for a in aliases])[0]
+    else:
+        wanted = max(weights, key=lambda a: _score(split.salt, key, a, weights[a]))
+    return Choice(wanted) if wanted in loaded else Choice(fallback, fallback=True)
+
+
+def _score(salt: str, key: str, alias: str, weight: float) -> float:
+    """Weighted rendezvous score: -w / ln(u), u uniform in (0, 1) from a salted hash."""
+    digest = hashlib.blake2b(f"{salt}\x00{key}\x00{alias}".encode(), digest_size=8).digest()
+    uniform = (int.from_bytes(digest, "big") + 0.5) / 2**64
+    return -weight / math.log(uniform)
