@@ -7,14 +7,18 @@ session. Tests that change the registry register models under names of their own
 import logging
 import os
 import signal
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import boto3
 import pytest
+from fastapi.testclient import TestClient
 from moto.server import ThreadedMotoServer
 
 from registry.refs import ModelRef
+from serving.app import create_app
+from serving.settings import ServingSettings
 from tests.servers import S3_ENV, free_port, start_mlflow
 from training.run import TrainSpec, train
 
@@ -85,3 +89,35 @@ def _boto_args() -> dict[str, str]:
         "aws_secret_access_key": S3_ENV["AWS_SECRET_ACCESS_KEY"],
         "region_name": S3_ENV["AWS_DEFAULT_REGION"],
     }
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout_s: float = 60, what: str = "condition"
+) -> None:
+    """Poll `predicate` until it holds, or fail the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def serving(demo_registry: DemoRegistry) -> Iterator[TestClient]:
+    """The serving app (lifespan running) on the demo registry, ready. Do not move its aliases."""
+    settings = ServingSettings(
+        models=["cancer-classifier", "diabetes-regressor"],
+        poll_interval_s=0.5,
+        admin_token="test-admin-token",  # type: ignore[arg-type]
+        strict_models=["diabetes-regressor"],
+    )
+    with TestClient(create_app(settings)) as client:
+        wait_until(lambda: _all_loaded(client), what="the demo models to load")
+        yield client
+
+
+def _all_loaded(client: TestClient) -> bool:
+    served = client.get("/models").json()["models"]
+    states = [slot["state"] for model in served.values() for slot in model["aliases"].values()]
+    return states.count("ready") == 3 and client.get("/health/ready").status_code == 200

@@ -1,0 +1,185 @@
+"""Serving over real HTTP semantics (TestClient with the lifespan) on the demo registry."""
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from serving.app import create_app
+from serving.settings import ServingSettings
+from tests.conftest import DemoRegistry
+from training.datasets import load_split
+
+CLASSIFIER = "/models/cancer-classifier"
+
+
+def _split_body(frame: pd.DataFrame) -> dict[str, object]:
+    return {"dataframe_split": {"columns": list(frame.columns), "data": frame.values.tolist()}}
+
+
+@pytest.fixture(scope="module")
+def holdout() -> pd.DataFrame:
+    return load_split("breast-cancer").x_holdout
+
+
+def test_prediction_headers_name_the_version(
+    serving: TestClient, demo_registry: DemoRegistry, holdout: pd.DataFrame
+):
+    response = serving.post(
+        f"{CLASSIFIER}/invocations",
+        json=_split_body(holdout.head(3)),
+        headers={"X-Request-ID": "req-42"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Model-Name"] == "cancer-classifier"
+    assert response.headers["X-Model-Alias"] == "production"
+    assert response.headers["X-Model-Version"] == demo_registry.classifier_sklearn.version
+    assert response.headers["X-Model-Run-Id"] == demo_registry.classifier_sklearn.run_id
+    assert response.headers["X-Request-ID"] == "req-42"
+    predictions = response.json()["predictions"]
+    assert len(predictions) == 3
+    assert set(predictions[0]) == {"label", "probability"}
+
+
+def test_pinned_alias_serves_staging_in_the_same_contract(
+    serving: TestClient, demo_registry: DemoRegistry, holdout: pd.DataFrame
+):
+    body = _split_body(holdout.head(5))
+    production = serving.post(f"{CLASSIFIER}/aliases/production/invocations", json=body)
+    staging = serving.post(f"{CLASSIFIER}/aliases/staging/invocations", json=body)
+    assert staging.headers["X-Model-Version"] == demo_registry.classifier_torch.version
+    assert staging.headers["X-Request-ID"]
+    assert [set(p) for p in staging.json()["predictions"]] == [
+        set(p) for p in production.json()["predictions"]
+    ]
+
+
+def test_unknown_model_and_alias_are_404(serving: TestClient, holdout: pd.DataFrame):
+    body = _split_body(holdout.head(1))
+    assert serving.post("/models/nope/invocations", json=body).status_code == 404
+    missing = serving.post(f"{CLASSIFIER}/aliases/canary/invocations", json=body)
+    assert missing.status_code == 404
+    assert missing.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+    assert "canary" in missing.json()["message"]
+
+
+def test_missing_staging_alias_still_serves_production(serving: TestClient):
+    models = serving.get("/models").json()["models"]
+    regressor = models["diabetes-regressor"]
+    assert regressor["aliases"]["staging"]["state"] == "absent"
+    assert regressor["ready"] is True
+    assert serving.get("/models/diabetes-regressor/ready").status_code == 200
+    frame = load_split("diabetes").x_holdout.head(2)
+    answer = serving.post("/models/diabetes-regressor/invocations", json=_split_body(frame))
+    assert answer.status_code == 200
+    assert set(answer.json()["predictions"][0]) == {"prediction"}
+
+
+def test_extra_columns_are_ignored_but_reported(serving: TestClient, holdout: pd.DataFrame):
+    frame = holdout.head(2).assign(customer_id=[7, 8])
+    response = serving.post(f"{CLASSIFIER}/invocations", json=_split_body(frame))
+    assert response.status_code == 200
+    assert response.headers["X-Ignored-Columns"] == "customer_id"
+    metrics = serving.get("/metrics").text
+    assert 'modelyard_extra_columns_total{model="cancer-classifier"}' in metrics
+
+
+def test_strict_model_rejects_extra_columns(serving: TestClient):
+    frame = load_split("diabetes").x_holdout.head(1).assign(customer_id=[7])
+    response = serving.post("/models/diabetes-regressor/invocations", json=_split_body(frame))
+    assert response.status_code == 400
+    assert "customer_id" in response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "names"),
+    [
+        (b'{"dataframe_split": ', "application/json", 400, "malformed JSON"),
+        (
+            b'{"dataframe_split": {"columns": ["mean_radius"], "data": [[1]]}}',
+            "application/json",
+            400,
+            "mean_texture",
+        ),
+        (b'{"inputs": {}, "instances": []}', "application/json", 400, "exactly one"),
+        (b'{"messages": [{"role": "user"}]}', "application/json", 400, "not supported"),
+        (b"a,b\n1,2\n", "text/plain", 415, "text/plain"),
+        (b"{}", "application/json; charset=latin-1", 415, "UTF-8"),
+        (b"{}", None, 415, "Content-Type"),
+    ],
+)
+def test_bad_input_gets_a_clear_4xx(
+    serving: TestClient, body: bytes, content_type: str | None, status: int, names: str
+):
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = serving.post(f"{CLASSIFIER}/invocations", content=body, headers=headers)
+    assert response.status_code == status
+    assert names in response.json()["message"]
+    assert "stack_trace" not in response.json()
+    assert "Traceback" not in response.text
+
+
+def test_nan_and_wrong_types_are_400_naming_the_column(serving: TestClient, holdout: pd.DataFrame):
+    rows = holdout.head(2).values.tolist()
+    rows[1][3] = None
+    body = {"dataframe_split": {"columns": list(holdout.columns), "data": rows}}
+    response = serving.post(f"{CLASSIFIER}/invocations", json=body)
+    assert response.status_code == 400
+    assert "mean_area" in response.json()["message"]
+    rows[1][3] = "big"
+    response = serving.post(f"{CLASSIFIER}/invocations", json=body)
+    assert response.status_code == 400
+    assert "mean_area" in response.json()["message"]
+
+
+def test_body_over_limit_is_413(demo_registry: DemoRegistry):
+    settings = ServingSettings(
+        models=["cancer-classifier"], max_body_bytes=100, aliases=["production"]
+    )
+    with TestClient(create_app(settings)) as client:
+        response = client.post(
+            f"{CLASSIFIER}/invocations",
+            content=b"x" * 101,
+            headers={"Content-Type": "application/json"},
+        )
+        assert response.status_code == 413
+
+
+def test_readiness_is_503_until_loaded(demo_registry: DemoRegistry):
+    settings = ServingSettings(
+        models=["cancer-classifier", "no-such-model"], aliases=["production"]
+    )
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/health/live").status_code == 200
+        not_ready = client.get("/health/ready")
+        assert not_ready.status_code == 503
+        assert client.get("/ping").status_code == 503
+        from tests.conftest import wait_until
+
+        wait_until(lambda: client.get("/models/cancer-classifier/ready").status_code == 200)
+        still = client.get("/health/ready")
+        assert still.status_code == 503
+        assert any("no-such-model" in r for r in still.json()["reasons"])
+
+
+def test_metrics_name_model_alias_and_version(serving: TestClient, demo_registry: DemoRegistry):
+    metrics = serving.get("/metrics").text
+    version = demo_registry.classifier_torch.version
+    labels = f'alias="staging",model="cancer-classifier",version="{version}"'
+    assert f"modelyard_serving_version{{{labels}}} 1.0" in metrics
+    assert "modelyard_request_duration_seconds_bucket" in metrics
+
+
+def test_admin_refresh_needs_the_token(serving: TestClient):
+    assert serving.post("/admin/refresh").status_code == 401
+    wrong = serving.post("/admin/refresh", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    right = serving.post("/admin/refresh", headers={"Authorization": "Bearer test-admin-token"})
+    assert right.status_code == 200
+
+
+def test_mlflow_compat_endpoints(serving: TestClient):
+    assert serving.get("/ping").status_code == 200
+    assert serving.get("/health").status_code == 200
+    import mlflow
+
+    assert serving.get("/version").text == mlflow.__version__
