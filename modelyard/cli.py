@@ -2,6 +2,7 @@
 
 import logging
 import time
+from typing import Annotated
 
 import typer
 from pydantic import ValidationError
@@ -42,10 +43,11 @@ def up() -> None:
             stack.start_tracking_server()
             typer.echo("... checking the registry for models")
             seed_if_empty(settings.tracking_uri, typer.echo)
+            serving_url = stack.start_serving()
             typer.echo(f"\nready in {time.monotonic() - started:.0f} s")
             typer.echo(f"  MLflow UI    {settings.tracking_uri}")
             typer.echo(f"  S3 endpoint  {settings.s3_endpoint}  (keys in {stack.home}/s3.json)")
-            typer.echo("  serving      not part of this build yet: the registry is served alone")
+            typer.echo(f"  serving      {serving_url}  (admin token in {stack.home}/admin.token)")
             typer.echo("press Ctrl-C to stop")
             wait_forever()
     except StartupError as exc:
@@ -53,6 +55,32 @@ def up() -> None:
         raise typer.Exit(1) from exc
     except KeyboardInterrupt:
         typer.echo("stopped")
+
+
+@app.command()
+def status(
+    url: Annotated[str, typer.Option(help="The serving layer's URL.")] = "http://127.0.0.1:8000",
+) -> None:
+    """What a running server serves: each model's aliases, versions, state and split."""
+    import requests
+
+    try:
+        served = requests.get(f"{url.rstrip('/')}/models", timeout=5).json()
+    except (requests.RequestException, ValueError) as exc:
+        typer.echo(f"error: no serving layer answered at {url}: {type(exc).__name__}", err=True)
+        raise typer.Exit(1) from exc
+    if served.get("registry_error"):
+        typer.echo(f"registry: {served['registry_error']}")
+    for name, model in served["models"].items():
+        split = model["traffic"]
+        weights = ", ".join(f"{a} {w:g}" for a, w in split["weights"].items())
+        state = "ready" if model["ready"] else "NOT READY"
+        typer.echo(f"{name}  ({state}; split {weights} from {split['source']})")
+        for alias, slot in model["aliases"].items():
+            detail = slot["last_error"] or slot["note"] or ""
+            target = f" -> loading v{slot['target']}" if slot["target"] else ""
+            version = f"v{slot['version']}" if slot["version"] else "-"
+            typer.echo(f"  {alias:<12} {version:<6} {slot['state']:<8}{target} {detail}".rstrip())
 
 
 def _settings_error(exc: ValidationError) -> typer.Exit:

@@ -18,6 +18,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from modelyard.processes import Child, StartupError, ensure_free
 from modelyard.settings import StackSettings
+from registry.client import connect
+from registry.webhooks import ensure_alias_webhook
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +119,27 @@ class Stack:
         health = f"{s.tracking_uri}/health"
         took = child.wait_until(lambda: _healthy(health), s.start_timeout_s)
         self.say(f"      ready in {took:.1f} s at {s.tracking_uri}")
+
+    def start_serving(self) -> str:
+        """The serving layer, following the registry; registers its webhook. Returns its URL."""
+        s = self.settings
+        url = f"http://{s.host}:{s.serving_port}"
+        secret = self._secret_file("webhook.secret", lambda: secrets.token_urlsafe(32))
+        env = {
+            "MLFLOW_TRACKING_URI": s.tracking_uri,
+            "MODELYARD_WEBHOOK_SECRET": secret,
+            "MODELYARD_ADMIN_TOKEN": self._secret_file(
+                "admin.token", lambda: secrets.token_urlsafe(24)
+            ),
+        }
+        argv = [sys.executable, "-m", "serving", "--host", s.host, "--port", str(s.serving_port)]
+        child = self._start("serving layer", argv, env)
+        ensure_alias_webhook(
+            connect(s.tracking_uri), "modelyard-serving", f"{url}/webhooks/mlflow", secret
+        )
+        took = child.wait_until(lambda: _healthy(f"{url}/health/ready"), s.start_timeout_s)
+        self.say(f"      ready in {took:.1f} s at {url}")
+        return url
 
     def s3_client(self) -> Any:
         """A boto3 S3 client for the object store, with short timeouts."""

@@ -9,8 +9,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 
+from serving import webhooks
 from serving.errors import BodyTooLarge, ServingError, Unauthorized
 from serving.service import Answer, Service
+from serving.webhooks import BadDelivery
 
 router = APIRouter()
 
@@ -147,6 +149,28 @@ async def refresh(
         raise Unauthorized("a valid admin token is required (Authorization: Bearer ...)")
     await service.watcher.poll()
     return {"status": "refreshed"}
+
+
+@router.post("/webhooks/mlflow", tags=["admin"])
+async def mlflow_webhook(request: Request, service: ServiceDep) -> dict[str, str]:
+    """MLflow registry webhook: verified, then taken as a hint to poll the registry now."""
+    if service.webhooks is None:
+        raise Unauthorized("webhooks are not configured here (MODELYARD_WEBHOOK_SECRET)")
+    body = await _read_body(request, 64 * 1024)
+    headers = request.headers
+    try:
+        service.webhooks.verify(
+            headers.get("x-mlflow-delivery-id"),
+            headers.get("x-mlflow-timestamp"),
+            headers.get("x-mlflow-signature"),
+            body,
+        )
+    except BadDelivery as problem:
+        raise Unauthorized(f"webhook refused: {problem}") from None
+    if not webhooks.is_alias_event(body):
+        return {"status": "ignored"}
+    service.watcher.refresh_now()
+    return {"status": "accepted"}
 
 
 async def _invoke(request: Request, service: Service, name: str, alias: str | None) -> Response:

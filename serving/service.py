@@ -13,6 +13,7 @@ from serving.model import LoadedModel
 from serving.settings import ServingSettings
 from serving.slots import SlotTable
 from serving.watcher import Watcher
+from serving.webhooks import Verifier
 
 logger = logging.getLogger("serving.requests")
 
@@ -38,6 +39,8 @@ class Service:
         self.watcher = Watcher(settings, self.table, self.metrics)
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="predict")
         self.in_flight = 0
+        secret = settings.webhook_secret
+        self.webhooks = Verifier(secret.get_secret_value()) if secret else None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

@@ -57,6 +57,9 @@ class ServingSettings(BaseSettings):
     registry_timeout_s: float = Field(5, gt=0, description="Bound on every registry call.")
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     admin_token: SecretStr | None = Field(None, description="Bearer token for /admin routes.")
+    webhook_secret: SecretStr | None = Field(
+        None, description="Secret of the MLflow webhook; unset, /webhooks/mlflow refuses all."
+    )
 
     @model_validator(mode="after")
     def _required_alias_is_served(self) -> "ServingSettings":

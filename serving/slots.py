@@ -48,10 +48,14 @@ class Slot:
         self.failures += 1
         self.retry_at = time.monotonic() + min(60.0, backoff_s * 2 ** (self.failures - 1))
 
+    def clear_failure(self) -> None:
+        """Forget a failed load: the alias no longer names that version."""
+        self.error, self.failures, self.retry_at = None, 0, 0.0
+
     def swapped(self, loaded: LoadedModel) -> LoadedModel | None:
         """Serve `loaded` from now on; return the version it replaced."""
         previous, self.current = self.current, loaded
-        self.error, self.failures, self.retry_at = None, 0, 0.0
+        self.clear_failure()
         return previous
 
 

@@ -94,6 +94,8 @@ class Watcher:
             for alias, slot in served.slots.items():
                 slot.wanted = state.aliases.get(alias)
                 slot.note = _note(slot, name in states)
+                if slot.error and slot.wanted == _version(slot.current):
+                    slot.clear_failure()
                 if self._needs_load(slot):
                     self._loads[slot] = asyncio.create_task(self._follow(slot))
 
@@ -142,11 +144,12 @@ class Watcher:
                 _check_contract(slot.current, loaded)
             except Exception as exc:
                 slot.loading = None
-                slot.failed(target, str(exc).splitlines()[0][:300], self.settings.retry_interval_s)
+                reason = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+                slot.failed(target, reason, self.settings.retry_interval_s)
                 self.metrics.load_failures.labels(slot.model, slot.alias).inc()
                 logger.error(
                     "%s@%s version %s not swapped in: %s (still serving %s)",
-                    slot.model, slot.alias, target, slot.error, _version(slot.current) or "nothing",
+                    slot.model, slot.alias, target, reason, _version(slot.current) or "nothing",
                 )  # fmt: skip
                 return
             slot.loading = None

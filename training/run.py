@@ -27,7 +27,7 @@ HOLDOUT_ARTIFACT = "holdout/holdout.parquet"
 """Where each run keeps its holdout set (features and `target`), for evaluation gates."""
 
 DEFAULT_MODEL_NAMES = {"breast-cancer": "cancer-classifier", "diabetes": "diabetes-regressor"}
-_OUTPUTS = {
+OUTPUTS = {
     "classification": Schema([ColSpec("long", "label"), ColSpec("double", "probability")]),
     "regression": Schema([ColSpec("double", "prediction")]),
 }
@@ -83,7 +83,7 @@ def train(spec: TrainSpec, tracking_uri: str | None = None) -> ModelRef:
             model_config=config,
             signature=ModelSignature(
                 inputs=Schema([ColSpec("double", f) for f in split.features]),
-                outputs=_OUTPUTS[split.task],
+                outputs=OUTPUTS[split.task],
             ),
             input_example=split.x_train.head(3),
             pip_requirements=_requirements(spec.framework),
