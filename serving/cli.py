@@ -1,6 +1,7 @@
 """`modelyard serve` (also `python -m serving`): uvicorn running the app factory."""
 
 import os
+import re
 import socket
 import tempfile
 from typing import Annotated
@@ -8,6 +9,7 @@ from typing import Annotated
 import typer
 import uvicorn
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from uvicorn.supervisors import Multiprocess
 
 from serving.settings import ServingSettings
@@ -23,7 +25,7 @@ def serve(
     """Serve every registered model with a `production` alias (see MODELYARD_* settings)."""
     try:
         ServingSettings()
-    except (ValidationError, ValueError) as exc:
+    except (ValidationError, ValueError, SettingsError) as exc:
         for line in settings_errors(exc):
             typer.echo(f"error: {line}", err=True)
         raise typer.Exit(2) from exc
@@ -56,7 +58,8 @@ class _NoDelayConfig(uvicorn.Config):
 def settings_errors(exc: Exception) -> list[str]:
     """One line per bad setting, naming its variable."""
     if not isinstance(exc, ValidationError):
-        return [str(exc)]
+        field = re.search(r'field "(\w+)"', str(exc))
+        return [f"setting MODELYARD_{field[1].upper()}: {exc}" if field else str(exc)]
     return [
         f"setting MODELYARD_{'_'.join(str(p) for p in e['loc']).upper() or '(file)'}: {e['msg']}"
         for e in exc.errors()

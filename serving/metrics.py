@@ -60,6 +60,19 @@ class Metrics:
             ["model", "alias"], registry=r,
         )  # fmt: skip
 
+        shadow_labels = ["model", "production_version", "shadow_version"]
+        self.shadow_rows = Counter(
+            "modelyard_shadow_rows", "Rows scored by both production and the shadow alias.",
+            shadow_labels, registry=r,
+        )  # fmt: skip
+        self.shadow_agreed = Counter(
+            "modelyard_shadow_agreed_rows", "Shadow-scored rows where both answered the same.",
+            shadow_labels, registry=r,
+        )  # fmt: skip
+        self.shadow_errors = Counter(
+            "modelyard_shadow_errors", "Shadow predictions that raised.", shadow_labels, registry=r
+        )
+
     def version_served(
         self, model: str, alias: str, version: str, load_s: float, previous: str | None
     ) -> None:

@@ -72,6 +72,10 @@ async def models(service: ServiceDep) -> dict[str, Any]:
                     "source": served.split.source,
                     "problem": served.split_problem,
                 },
+                "shadow": {
+                    f"{production}->{shadow}": tally.summary()
+                    for (production, shadow), tally in served.shadow.items()
+                },
                 "aliases": {
                     alias: {
                         "state": slot.state,

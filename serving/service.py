@@ -2,7 +2,8 @@
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import random
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,8 @@ from serving.errors import ModelFailed, Overloaded, PredictTimeout, ServingError
 from serving.metrics import Metrics
 from serving.model import LoadedModel
 from serving.settings import ServingSettings
-from serving.slots import SlotTable
+from serving.shadow import Agreement
+from serving.slots import ServedModel, SlotTable
 from serving.watcher import Watcher
 from serving.webhooks import Verifier
 
@@ -39,6 +41,7 @@ class Service:
         self.watcher = Watcher(settings, self.table, self.metrics)
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="predict")
         self.in_flight = 0
+        self._random = random.Random()
         secret = settings.webhook_secret
         self.webhooks = Verifier(secret.get_secret_value()) if secret else None
         self._task: asyncio.Task[None] | None = None
@@ -83,7 +86,36 @@ class Service:
         if extra:
             self.metrics.extra_columns.labels(name).inc()
         predictions = await self._predict(loaded, alias, decoded)
+        if alias == served.required_alias and self._shadow_sampled(name):
+            self._shadow(served, loaded, decoded, predictions)
         return Answer(protocol.encode(predictions), loaded, alias, extra, fallback)
+
+    def _shadow_sampled(self, name: str) -> bool:
+        rate = self.settings.shadow.get(name, 0.0)
+        return rate > 0 and self._random.random() < rate
+
+    def _shadow(
+        self, served: ServedModel, primary: LoadedModel, decoded: protocol.Decoded, answer: Any
+    ) -> None:
+        """Score the same request with the shadow alias in a thread; record agreement only."""
+        slot = served.slots.get(self.settings.shadow_alias)
+        shadow = slot.current if slot is not None else None
+        if shadow is None or shadow is primary:
+            return
+        pair = (primary.ref.version, shadow.ref.version)
+        labels = (served.name, *pair)
+
+        def compare(future: Future[Any]) -> None:
+            if future.exception() is not None:
+                self.metrics.shadow_errors.labels(*labels).inc()
+                return
+            tally = served.shadow.setdefault(pair, Agreement())
+            before = (tally.rows, tally.agreed)
+            tally.add(answer, future.result())
+            self.metrics.shadow_rows.labels(*labels).inc(tally.rows - before[0])
+            self.metrics.shadow_agreed.labels(*labels).inc(tally.agreed - before[1])
+
+        self.executor.submit(shadow.predict, decoded).add_done_callback(compare)
 
     async def _predict(self, loaded: LoadedModel, alias: str, decoded: protocol.Decoded) -> Any:
         if self.in_flight >= self.settings.max_in_flight:

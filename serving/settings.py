@@ -1,11 +1,14 @@
 """Serving settings: MODELYARD_* variables, optionally a YAML file named by MODELYARD_CONFIG."""
 
+import json
 import os
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -16,27 +19,42 @@ from serving.traffic import BadSplit, validate
 CONFIG_FILE_VARIABLE = "MODELYARD_CONFIG"
 
 
+def _names(value: object) -> object:
+    """Lists may be given as `a,b` as well as JSON (`["a", "b"]`)."""
+    if isinstance(value, str):
+        text = value.strip()
+        return (
+            json.loads(text)
+            if text.startswith("[")
+            else [v.strip() for v in text.split(",") if v.strip()]
+        )
+    return value
+
+
+Names = Annotated[list[str], NoDecode, BeforeValidator(_names)]
+
+
 class ServingSettings(BaseSettings):
     """What to serve and the limits to serve it under. Validated at start-up."""
 
     model_config = SettingsConfigDict(env_prefix="MODELYARD_", extra="ignore")
 
-    models: list[str] | None = Field(
+    models: Names | None = Field(
         None, description="Registered models to serve; default: every one with the required alias."
     )
-    aliases: list[str] = Field(
+    aliases: Names = Field(
         ["production", "staging"], min_length=1, description="Aliases loaded per model."
     )
     required_alias: str = Field(
         "production", description="Alias that must be loaded for a model to be ready."
     )
-    required_models: list[str] | None = Field(
+    required_models: Names | None = Field(
         None, description="Models that must be ready for /health/ready; default: all served."
     )
     default_model: str | None = Field(
         None, description="Model behind POST /invocations; default: the first served, by name."
     )
-    strict_models: list[str] = Field(
+    strict_models: Names = Field(
         [], description="Models whose requests may not carry columns outside the signature."
     )
     max_body_bytes: int = Field(5 * 2**20, gt=0, description="Larger bodies get 413 unread.")
@@ -52,6 +70,10 @@ class ServingSettings(BaseSettings):
     traffic: dict[str, dict[str, float]] = Field(
         {}, description="Per model, weight per alias; the tag modelyard.traffic overrides it."
     )
+    shadow: dict[str, float] = Field(
+        {}, description="Per model, the share of production requests also scored by staging."
+    )
+    shadow_alias: str = Field("staging", description="Alias that scores shadow traffic.")
     traffic_salt: str = Field("", description="Salt of the configured splits' sticky hashing.")
     retry_interval_s: float = Field(5, gt=0, description="Wait before retrying a failed load.")
     registry_timeout_s: float = Field(5, gt=0, description="Bound on every registry call.")

@@ -12,6 +12,7 @@ from typing import Literal
 
 from serving.errors import ModelNotReady, UnknownAlias, UnknownModel
 from serving.model import LoadedModel
+from serving.shadow import Agreement
 from serving.traffic import TrafficSplit
 
 State = Literal["absent", "loading", "ready", "failed"]
@@ -69,6 +70,8 @@ class ServedModel:
     required_alias: str
     split_problem: str | None = None
     strict: bool = False
+    shadow: dict[tuple[str, str], Agreement] = field(default_factory=dict)
+    """Agreement of shadow scoring, by (production version, staging version)."""
 
     @property
     def ready(self) -> bool:
