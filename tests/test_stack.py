@@ -13,6 +13,7 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from tests.servers import free_port
+from training.datasets import load_split
 
 
 def _port_pair() -> int:
@@ -80,12 +81,29 @@ def first_run(stack_env: dict[str, str]) -> Iterator[tuple[Up, str]]:
 def test_up_registers_demo_models_with_aliases(first_run: tuple[Up, str]):
     _, uri = first_run
     client = MlflowClient(uri)
+    assert [w.name for w in client.list_webhooks()] == ["modelyard-serving"]
     assert client.get_registered_model("cancer-classifier").aliases.keys() == {
         "production",
         "staging",
     }
     assert "production" in client.get_registered_model("diabetes-regressor").aliases
     assert requests.get(f"{uri}/health", timeout=5).status_code == 200
+
+
+def test_up_serves_the_demo_models(first_run: tuple[Up, str], stack_env: dict[str, str]):
+    serving = f"http://127.0.0.1:{stack_env['MODELYARD_SERVING_PORT']}"
+    assert requests.get(f"{serving}/health/ready", timeout=5).status_code == 200
+    row = load_split("breast-cancer").x_holdout.head(1)
+    body = {"dataframe_split": {"columns": list(row.columns), "data": row.values.tolist()}}
+    answer = requests.post(f"{serving}/invocations", json=body, timeout=10)
+    assert answer.status_code == 200
+    assert answer.headers["X-Model-Name"] == "cancer-classifier"
+    status = subprocess.run(
+        [sys.executable, "-m", "modelyard", "status", "--url", serving],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert "cancer-classifier" in status.stdout
+    assert "staging" in status.stdout
 
 
 def test_up_port_in_use_gives_clear_message(stack_env: dict[str, str], first_run: tuple[Up, str]):
