@@ -29,6 +29,8 @@ def serve(
         for line in settings_errors(exc):
             typer.echo(f"error: {line}", err=True)
         raise typer.Exit(2) from exc
+    # A model artifact is code: refuse pickled models unless the operator allows them.
+    os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="modelyard-metrics-")
     config = _NoDelayConfig(

@@ -9,7 +9,11 @@ from typing import Any
 
 import orjson
 
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "taskName"}
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "taskName",
+    "color_message",  # uvicorn's terminal copy of the message
+}
 
 
 class JsonFormatter(logging.Formatter):

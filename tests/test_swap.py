@@ -272,3 +272,31 @@ def test_predictions_agree_with_pyfunc(
     assert [p["probability"] for p in served["predictions"]] == pytest.approx(
         expected["probability"].tolist(), rel=1e-9
     )
+
+
+def test_pickled_model_is_refused_when_pickle_is_off(
+    tracking_uri: str, versions: Versions, monkeypatch: pytest.MonkeyPatch
+):
+    name = "pickled-clf"
+
+    class Pickled(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+        def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+            return model_input
+
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="model", python_model=Pickled())
+    version = mlflow.register_model(info.model_uri, name)
+    MlflowClient(tracking_uri).set_registered_model_alias(name, "production", version.version)
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    settings = ServingSettings(models=[name], aliases=["production"], poll_interval_s=0.3)
+    with TestClient(create_app(settings)) as test_client:
+        wait_until(
+            lambda: test_client.get("/models").json()["models"].get(name, {}).get("aliases", {})
+            .get("production", {}).get("last_error"),
+            what="the refusal",
+        )  # fmt: skip
+        error = test_client.get("/models").json()["models"][name]["aliases"]["production"]
+        assert error["state"] == "failed"
+        assert "pickle" in error["last_error"].lower()
+        assert test_client.get("/health/ready").status_code == 503
