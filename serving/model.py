@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 Native = Callable[[Batch, dict[str, Any] | None], Any]
 WARMUP_CALLS = 20
+WARMUP_BUDGET_S = 2.0
+"""Warm-up stops after WARMUP_CALLS predicts or this long, whichever comes first."""
 
 
 class WarmupFailed(Exception):
@@ -82,9 +84,10 @@ def prepare(
     if example is None:
         logger.warning("%s has no input example: not warmed up, predicting in a thread", ref)
         return replace(model, load_s=time.monotonic() - started)
-    timings = []
+    timings: list[float] = []
     try:
-        for _ in range(WARMUP_CALLS):
+        deadline = time.perf_counter() + WARMUP_BUDGET_S
+        while len(timings) < WARMUP_CALLS and (not timings or time.perf_counter() < deadline):
             began = time.perf_counter()
             output = model.predict(example)
             protocol.encode(output)

@@ -1,6 +1,7 @@
 """HTTP routes: translate requests to Service calls and answers back. No logic of their own."""
 
 import hmac
+import logging
 import time
 import uuid
 from importlib.metadata import version
@@ -11,10 +12,11 @@ from fastapi.responses import JSONResponse, Response
 
 from serving import webhooks
 from serving.errors import BodyTooLarge, ServingError, Unauthorized
-from serving.service import Answer, Service
+from serving.service import Service
 from serving.webhooks import BadDelivery
 
 router = APIRouter()
+request_log = logging.getLogger("serving.requests")
 
 
 def get_service(request: Request) -> Service:
@@ -180,8 +182,7 @@ async def mlflow_webhook(request: Request, service: ServiceDep) -> dict[str, str
 async def _invoke(request: Request, service: Service, name: str, alias: str | None) -> Response:
     started = time.perf_counter()
     request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-    answer: Answer | None = None
-    status = 200
+    status, served_by = 200, None
     try:
         body = await _read_body(request, service.settings.max_body_bytes)
         answer = await service.invoke(
@@ -192,24 +193,38 @@ async def _invoke(request: Request, service: Service, name: str, alias: str | No
             request.headers.get("content-type"),
         )
         response = Response(answer.body, media_type="application/json")
+        served_by = (answer.model, answer.alias)
+        if answer.extra_columns:
+            response.headers["X-Ignored-Columns"] = ",".join(answer.extra_columns)[:1000]
     except ServingError as error:
-        status = error.status_code
+        status, served_by = error.status_code, error.served_by
         response = error_response(error)
     elapsed = time.perf_counter() - started
     headers = response.headers
     headers["X-Request-ID"] = request_id
-    if answer is not None:
-        ref = answer.model.ref
+    version = None
+    if served_by is not None:
+        loaded, alias = served_by
+        ref = loaded.ref
+        version = ref.version
         headers["X-Model-Name"] = ref.name
-        headers["X-Model-Alias"] = answer.alias
+        headers["X-Model-Alias"] = alias
         headers["X-Model-Version"] = ref.version
         headers["X-Model-Run-Id"] = ref.run_id or ""
-        if answer.extra_columns:
-            headers["X-Ignored-Columns"] = ",".join(answer.extra_columns)[:1000]
-        labels = (ref.name, answer.alias, ref.version)
-        service.metrics.requests.labels(*labels, "200").inc()
-        service.metrics.latency.labels(*labels).observe(elapsed)
-    _log(request_id, name, answer, alias, status, elapsed)
+        service.metrics.requests.labels(ref.name, alias, ref.version, str(status)).inc()
+        service.metrics.latency.labels(ref.name, alias, ref.version).observe(elapsed)
+    if request_log.isEnabledFor(logging.INFO):
+        request_log.info(
+            "prediction",
+            extra={
+                "request_id": request_id,
+                "model": name,
+                "alias": alias,
+                "version": version,
+                "status": status,
+                "latency_ms": round(elapsed * 1000, 3),
+            },
+        )
     return response
 
 
@@ -263,29 +278,3 @@ def _predict_mode(loaded: Any) -> dict[str, Any] | None:
         "direct_call": loaded.native is not None,
         "load_s": round(loaded.load_s, 3),
     }
-
-
-def _log(
-    request_id: str,
-    name: str,
-    answer: Answer | None,
-    alias: str | None,
-    status: int,
-    elapsed: float,
-) -> None:
-    import logging
-
-    logger = logging.getLogger("serving.requests")
-    if not logger.isEnabledFor(logging.INFO):
-        return
-    logger.info(
-        "prediction",
-        extra={
-            "request_id": request_id,
-            "model": name,
-            "alias": answer.alias if answer else alias,
-            "version": answer.model.ref.version if answer else None,
-            "status": status,
-            "latency_ms": round(elapsed * 1000, 3),
-        },
-    )

@@ -81,11 +81,15 @@ class Service:
             if fallback:
                 self.metrics.fallbacks.labels(name, alias).inc()
         _, loaded = self.table.loaded(name, alias)
-        decoded = protocol.decode(body, content_type, loaded.spec, loaded.schema)
-        extra = decoded.batch.extra if decoded.batch is not None else ()
-        if extra:
-            self.metrics.extra_columns.labels(name).inc()
-        predictions = await self._predict(loaded, alias, decoded)
+        try:
+            decoded = protocol.decode(body, content_type, loaded.spec, loaded.schema)
+            extra = decoded.batch.extra if decoded.batch is not None else ()
+            if extra:
+                self.metrics.extra_columns.labels(name).inc()
+            predictions = await self._predict(loaded, alias, decoded)
+        except ServingError as error:
+            error.served_by = (loaded, alias)
+            raise
         if alias == served.required_alias and self._shadow_sampled(name):
             self._shadow(served, loaded, decoded, predictions)
         return Answer(protocol.encode(predictions), loaded, alias, extra, fallback)

@@ -19,7 +19,7 @@ from moto.server import ThreadedMotoServer
 from registry.refs import ModelRef
 from serving.app import create_app
 from serving.settings import ServingSettings
-from tests.servers import S3_ENV, free_port, start_mlflow
+from tests.servers import S3_ENV, free_port, start_mlflow, stop
 from training.run import TrainSpec, train
 
 BUCKET = "modelyard-test"
@@ -58,8 +58,7 @@ def tracking_uri(s3: S3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = previous
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(20)
+    stop(process)
 
 
 @dataclass(frozen=True)

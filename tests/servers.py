@@ -1,6 +1,7 @@
 """Real servers for tests: moto's S3 server and an `mlflow server` process on a free port."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -80,3 +81,13 @@ def start_mlflow(
     uri = f"http://127.0.0.1:{port}"
     wait_http(f"{uri}/health", process)
     return uri, process
+
+
+def stop(process: subprocess.Popen[bytes], grace_s: float = 20) -> None:
+    """SIGTERM the process group; SIGKILL it if it has not exited after `grace_s`."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
