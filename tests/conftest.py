@@ -6,7 +6,6 @@ session. Tests that change the registry register models under names of their own
 
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
