@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 from mlflow.exceptions import MlflowException
+from mlflow.models.utils import _enforce_params_schema
 from mlflow.pyfunc import PyFuncModel
 from mlflow.pyfunc.model import _PythonModelPyfuncWrapper
 from mlflow.types import Schema
@@ -60,7 +61,7 @@ class LoadedModel:
     def predict(self, request: protocol.Decoded) -> Any:
         """Predict on a decoded request: straight into the model when validated here."""
         if request.batch is not None and self.native is not None:
-            return self.native(request.batch, request.params)
+            return self.native(request.batch, self._params(request.params))
         data = request.batch.frame() if request.batch is not None else request.data
         try:
             return self.pyfunc.predict(data, params=request.params)
@@ -68,6 +69,17 @@ class LoadedModel:
             if exc.error_code in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST"):
                 raise InvalidInput(protocol.first_line(exc.message)) from None
             raise
+
+    def _params(self, params: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Params checked and defaulted by the params schema, as pyfunc would; none without one."""
+        schema = self.pyfunc.metadata.get_params_schema()
+        if schema is None:
+            return None
+        try:
+            checked: dict[str, Any] = _enforce_params_schema(params, schema)
+        except MlflowException as exc:
+            raise InvalidInput(protocol.first_line(exc.message)) from None
+        return checked
 
 
 def prepare(

@@ -1,5 +1,6 @@
 """MLflow's scoring protocol: content types, the four JSON formats, CSV, Parquet, responses."""
 
+import re
 from dataclasses import dataclass
 from io import BytesIO, StringIO
 from typing import Any
@@ -16,7 +17,9 @@ from serving.inputs import Batch, InputSpec
 
 JSON, CSV, PARQUET = "application/json", "text/csv", "application/vnd.apache.parquet"
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
-CHAT_KEYS = ("messages", "prompt")
+LLM_KEYS = ("messages", "prompt", "input")
+"""Keys that make MLflow read a body as chat, completions or embeddings input, not a table."""
+SPLIT_KEYS = frozenset(("columns", "data", "index"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +50,9 @@ def decode(
         frame = _read_table(lambda: _mlflow_csv(text, schema), "CSV with a header row")
     else:
         frame = _read_table(lambda: pd.read_parquet(BytesIO(body)), "Parquet")
-    return Decoded(batch=inputs.from_frame(spec, frame)) if spec else Decoded(data=frame)
+    if spec is not None:
+        return Decoded(batch=inputs.from_frame(spec, frame))
+    return Decoded(data=_checked(frame, schema))
 
 
 def encode(predictions: Any) -> bytes:
@@ -95,11 +100,12 @@ def _decode_json(body: bytes, spec: InputSpec | None, schema: Schema | None) -> 
         raise BadRequest(f"malformed JSON: {exc.args[0].split(':')[0]}") from None
     if not isinstance(document, dict):
         raise BadRequest(f"the body must be a JSON object with exactly one of {', '.join(FORMATS)}")
-    keys = [k for k in FORMATS if k in document]
-    if not keys and any(k in document for k in CHAT_KEYS):
+    if llm := [k for k in LLM_KEYS if k in document]:
         raise BadRequest(
-            "chat inputs ('messages', 'prompt') are not supported: use " + ", ".join(FORMATS)
+            f"LLM inputs ({', '.join(map(repr, llm))}) are not supported: send a table as one of "
+            + ", ".join(FORMATS)
         )
+    keys = [k for k in FORMATS if k in document]
     if len(keys) != 1:
         raise BadRequest(
             f"the body must have exactly one of {', '.join(FORMATS)}; it has {len(keys)}"
@@ -111,7 +117,7 @@ def _decode_json(body: bytes, spec: InputSpec | None, schema: Schema | None) -> 
     value = document[key]
     if spec is not None and (batch := _fast_batch(spec, key, value)) is not None:
         return Decoded(batch=batch, params=params)
-    return Decoded(data=_mlflow_parse({key: value}, schema), params=params)
+    return Decoded(data=_checked(_mlflow_parse({key: value}, schema), schema), params=params)
 
 
 def _fast_batch(spec: InputSpec, key: str, value: Any) -> Batch | None:
@@ -121,6 +127,8 @@ def _fast_batch(spec: InputSpec, key: str, value: Any) -> Batch | None:
             raise InvalidInput("'dataframe_split' must be an object with 'columns' and 'data'")
         if "columns" not in value:
             raise InvalidInput("'dataframe_split' needs 'columns' naming the signature's inputs")
+        if not SPLIT_KEYS.issuperset(value):
+            raise InvalidInput("'dataframe_split' takes only 'columns', 'data' and 'index'")
         return inputs.from_rows(spec, value["columns"], value["data"])
     if isinstance(value, list) and all(isinstance(r, dict) for r in value):
         return inputs.from_records(spec, value)
@@ -144,6 +152,27 @@ def _mlflow_parse(data: dict[str, Any], schema: Schema | None) -> Any:
         ) from None
 
 
+def _checked(data: Any, schema: Schema | None) -> Any:
+    """`data` parsed for a tensor signature, refused when it holds a null, NaN or infinity."""
+    if schema is None or not schema.is_tensor_spec():
+        return data
+    for array in data.values() if isinstance(data, dict) else (data,):
+        if isinstance(array, pd.DataFrame):
+            array = array.to_numpy()
+        if not isinstance(array, np.ndarray):
+            continue
+        if array.dtype.kind in "fc":
+            bad = ~np.isfinite(array)
+        elif array.dtype.kind == "O":
+            bad = pd.isna(array)
+        else:
+            continue
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise InvalidInput(f"null, NaN or infinite value at index {list(where)}: numbers only")
+    return data
+
+
 def _mlflow_csv(text: str, schema: Schema | None) -> pd.DataFrame:
     if schema is None or schema.is_tensor_spec() or not schema.has_input_names():
         return pd.read_csv(StringIO(text))
@@ -161,7 +190,28 @@ def _read_table(read: Any, what: str) -> pd.DataFrame:
     return frame
 
 
+_QUOTES_INPUT = ("Failed to enforce schema of data", "Failed to predict data")
+"""MLflow messages that quote the whole input before saying what is wrong with it."""
+_QUOTES_VALUE = (
+    # an exception's repr, as MLflow quotes it: keep its message
+    (re.compile(r"'?\b\w+(?:Error|Exception)\((['\"])(.*)\1\)'?"), r"\2"),
+    # MLflow, numpy and pandas quote the value they could not read
+    (re.compile(r"Failed to convert data `.*"), "Failed to convert the data to the signature"),
+    (re.compile(r"(could not convert string to \w+|invalid literal for [^:]*): .*"), r"\1"),
+)
+
+
 def first_line(message: str, limit: int = 300) -> str:
-    """The first line of an error message, cut short: never a payload or a traceback."""
-    line = message.strip().splitlines()[0] if message.strip() else "invalid input"
+    """The first line of an error message, cut short: never a payload or a traceback.
+
+    Messages from MLflow, numpy and pandas often quote the input they failed on; those quotes
+    are cut out, keeping what was wrong (a shape, a type, a column name).
+    """
+    if any(marker in message for marker in _QUOTES_INPUT):
+        quoted, _, message = message.rpartition("Error: ")
+        if not any(marker in quoted for marker in _QUOTES_INPUT):
+            message = "the input does not fit the model's signature"
+    line = message.strip().splitlines()[0][: limit * 4] if message.strip() else "invalid input"
+    for pattern, replacement in _QUOTES_VALUE:
+        line = pattern.sub(replacement, line)
     return line if len(line) <= limit else line[: limit - 3] + "..."
