@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from registry.cli import gate, history, promote, rollback
 from serving.cli import serve
 from training.cli import app as train_app
 
@@ -17,7 +18,8 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(train_app, name="train")
-app.command()(serve)
+for command in (serve, gate, promote, rollback, history):
+    app.command()(command)
 
 
 @app.command()

@@ -38,3 +38,66 @@ class VersionNotReady(RegistryError):
         self.model = model
         self.version = version
         self.status = status
+
+
+class VersionNotFound(ModelNotFound):
+    """The registered model has no such version."""
+
+    def __init__(self, model: str, version: str) -> None:
+        RegistryError.__init__(self, f"model '{model}' has no version {version}")
+        self.model = model
+        self.version = version
+
+
+class StaleAlias(RegistryError):
+    """An alias no longer names the version the caller expected: someone moved it."""
+
+    def __init__(self, model: str, alias: str, expected: str, actual: str | None) -> None:
+        now = f"version {actual}" if actual else "no version"
+        super().__init__(
+            f"model '{model}' alias '{alias}' names {now}, not the expected version {expected}; "
+            "refusing to move it"
+        )
+        self.model = model
+        self.alias = alias
+        self.expected = expected
+        self.actual = actual
+
+
+class NothingToRollBack(RegistryError):
+    """The alias's history records no earlier version to return to."""
+
+    def __init__(self, model: str, alias: str, why: str) -> None:
+        super().__init__(f"cannot roll back model '{model}' alias '{alias}': {why}")
+        self.model = model
+        self.alias = alias
+
+
+class PolicyError(RegistryError):
+    """A gate policy file is malformed; each problem names its 1-based line (0: the file)."""
+
+    def __init__(self, source: str, problems: list[tuple[int, str]]) -> None:
+        super().__init__(
+            "\n".join(
+                f"{source}:{line}: {message}" if line else f"{source}: {message}"
+                for line, message in problems
+            )
+        )
+        self.source = source
+        self.problems = problems
+
+
+class EvaluationError(RegistryError):
+    """A gate could not evaluate the candidate (bad data, unloadable baseline, ...)."""
+
+
+class DatasetMismatch(EvaluationError):
+    """A pinned evaluation dataset's content differs from the sha256 the policy pins."""
+
+    def __init__(self, uri: str, expected: str, actual: str) -> None:
+        super().__init__(
+            f"evaluation dataset {uri} has sha256 {actual}, but the policy pins {expected}"
+        )
+        self.uri = uri
+        self.expected = expected
+        self.actual = actual

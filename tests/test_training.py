@@ -11,10 +11,10 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from modelyard.cli import app
+from registry.evaluation import HOLDOUT_ARTIFACT
 from tests.conftest import BUCKET, S3, DemoRegistry
 from training import models
 from training.datasets import TARGET, load_split
-from training.run import HOLDOUT_ARTIFACT
 
 
 def _s3_keys(s3: S3, contains: str) -> list[str]:

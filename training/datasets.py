@@ -7,10 +7,12 @@ import pandas as pd
 from sklearn import datasets as sk_datasets
 from sklearn.model_selection import train_test_split
 
+from registry.evaluation import HOLDOUT_TARGET
+
 Task = Literal["classification", "regression"]
 
-TARGET = "target"
-"""Name of the target column in every logged holdout set."""
+TARGET = HOLDOUT_TARGET
+"""Name of the target column in every logged holdout set (where gates look for it)."""
 
 _LOADERS = {
     "breast-cancer": ("classification", sk_datasets.load_breast_cancer),

@@ -15,16 +15,15 @@ from mlflow.types import ColSpec, Schema
 
 from registry import metrics, versions
 from registry.client import connect
+from registry.evaluation import HOLDOUT_ARTIFACT
 from registry.refs import ModelRef
 from training import models
-from training.datasets import TARGET, Split, load_split
+from training.datasets import Split, load_split
 from training.pyfunc.contract_model import ContractModel
 
 logger = logging.getLogger(__name__)
 
 Framework = Literal["sklearn", "torch"]
-HOLDOUT_ARTIFACT = "holdout/holdout.parquet"
-"""Where each run keeps its holdout set (features and `target`), for evaluation gates."""
 
 DEFAULT_MODEL_NAMES = {"breast-cancer": "cancer-classifier", "diabetes": "diabetes-regressor"}
 OUTPUTS = {
@@ -135,6 +134,3 @@ def _requirements(framework: Framework) -> list[str]:
 
 def _fmt(values: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:.4f}" for k, v in values.items())
-
-
-__all__ = ["HOLDOUT_ARTIFACT", "TARGET", "TrainSpec", "train"]

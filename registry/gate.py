@@ -1,0 +1,386 @@
+"""The evaluation gate: score a candidate version against a baseline under a policy, record the
+evidence and verdict in MLflow, and move an alias only when the candidate passed.
+
+Anything wrong with the candidate's answers is a failed check; anything that keeps the gate
+from judging (policy, data, registry, the baseline itself) raises EvaluationError or another
+RegistryError instead, which CI must treat as "could not evaluate", never as a pass.
+"""
+
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import PyFuncModel
+from mlflow.tracking import MlflowClient
+from mlflow.types import Schema
+
+from registry import bootstrap, evaluation, history, latency, metrics, reports, versions
+from registry.compatibility import columns_of, frame_breaks, input_breaks, output_breaks
+from registry.errors import AliasNotFound, EvaluationError, StaleAlias
+from registry.evaluation import EvaluationData
+from registry.loading import load
+from registry.policy import Policy
+from registry.refs import ModelRef
+from registry.reports import DataSummary, Report
+from registry.verdict import Evidence, Verdict, judge
+
+logger = logging.getLogger(__name__)
+
+EXPERIMENT = "modelyard-gates"
+"""The MLflow experiment every gate run is logged in."""
+VERDICT_TAG = "modelyard.gate.verdict"
+"""Model-version tag: `pass` or `fail`, the verdict of the latest gate run on that version."""
+RUN_ID_TAG = "modelyard.gate.run_id"
+"""Model-version tag: the MLflow run holding that gate's evidence and reports."""
+
+
+@dataclass(frozen=True, slots=True)
+class GateSpec:
+    """What to gate, against what, under which policy, and where to put the reports."""
+
+    name: str
+    candidate: str
+    baseline: str
+    policy: Policy
+    policy_path: Path
+    policy_sha256: str
+    data: Path | None = None
+    report_dir: Path = Path("reports")
+    promote: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A finished gate: its report, where the report files are, and whether the alias moved."""
+
+    report: Report
+    json_path: Path
+    markdown_path: Path
+    promoted: bool | None
+    """None: no promotion asked; False: asked but not done (failed gate or a stale alias)."""
+
+    @property
+    def exit_code(self) -> int:
+        """0 when the gate passed and any promotion asked for was made, else 1."""
+        return 0 if self.report.verdict.passed and self.promoted is not False else 1
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """Both versions judged: what was compared, on which data, the evidence and the verdict."""
+
+    candidate: ModelRef
+    baseline: ModelRef | None
+    data: DataSummary
+    evidence: Evidence
+    verdict: Verdict
+    phases: dict[str, float]
+
+
+def run(client: MlflowClient, spec: GateSpec) -> Outcome:
+    """Evaluate, record in MLflow, write the reports, then promote if asked and passed."""
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    clock = time.monotonic()
+    judged = evaluate(client, spec)
+    evaluated = time.monotonic()
+    candidate, verdict = judged.candidate, judged.verdict
+    run_id, run_url = _record(client, spec, judged)
+    try:
+        client.set_model_version_tag(spec.name, candidate.version, VERDICT_TAG, _word(verdict))
+        client.set_model_version_tag(spec.name, candidate.version, RUN_ID_TAG, run_id)
+        promoted, promotion = promote_if_passed(
+            client, spec, candidate, judged.baseline, verdict, run_id
+        )
+        recorded = time.monotonic()
+        report = Report(
+            model=spec.name,
+            candidate=candidate,
+            baseline=judged.baseline,
+            baseline_asked=spec.baseline,
+            data=judged.data,
+            policy_path=str(spec.policy_path),
+            policy_sha256=spec.policy_sha256,
+            evidence=judged.evidence,
+            verdict=verdict,
+            run_id=run_id,
+            run_url=run_url,
+            promotion=promotion,
+            started_at=started_at,
+            seconds=recorded - clock,
+            phases=judged.phases | {"record and promote": recorded - evaluated},
+        )
+        json_path, markdown_path = reports.write(report, spec.report_dir)
+        for path in (json_path, markdown_path, spec.policy_path):
+            client.log_artifact(run_id, str(path), "gate")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return Outcome(report, json_path, markdown_path, promoted)
+
+
+def evaluate(client: MlflowClient, spec: GateSpec) -> Evaluation:
+    """Resolve both versions, fetch the evaluation data, load and score both, judge."""
+    clock = time.monotonic()
+    if spec.policy.model is not None and spec.policy.model != spec.name:
+        raise EvaluationError(
+            f"policy {spec.policy_path} is for model '{spec.policy.model}', not '{spec.name}'"
+        )
+    candidate = versions.find(client, spec.name, spec.candidate)
+    baseline = _baseline(client, spec.name, spec.baseline)
+    source = evaluation.choose(spec.policy.data, spec.data, baseline, spec.policy_path.parent)
+    data = evaluation.fetch(source, client.tracking_uri)
+    evaluation.check_target(data, spec.policy.task)
+    marks = {"resolve and fetch data": time.monotonic()}
+    with tempfile.TemporaryDirectory(prefix="modelyard-gate-") as tmp:
+        candidate_model = _load(candidate, Path(tmp), client.tracking_uri, "candidate")
+        baseline_model = (
+            _load(baseline, Path(tmp), client.tracking_uri, "baseline") if baseline else None
+        )
+        marks["load models"] = time.monotonic()
+        evidence = gather(spec.policy, data, candidate_model, baseline_model)
+        marks["score, bootstrap, time"] = time.monotonic()
+    verdict = judge(spec.policy, evidence)
+    logger.info("gate %s v%s: %s", spec.name, candidate.version, _word(verdict))
+    summary = DataSummary(source.kind, source.describe(), data.rows, data.sha256)
+    return Evaluation(candidate, baseline, summary, evidence, verdict, _phases(clock, marks))
+
+
+def gather(
+    policy: Policy,
+    data: EvaluationData,
+    candidate: PyFuncModel,
+    baseline: PyFuncModel | None,
+) -> Evidence:
+    """Score both models on the data and collect what the policy's checks need."""
+    task = policy.task
+    candidate_out, candidate_error = _answer(candidate, data.features)
+    candidate_metrics = None
+    if candidate_out is not None:
+        try:
+            candidate_metrics = metrics.compute(task, data.target, candidate_out)
+        except (KeyError, ValueError, TypeError) as exc:
+            candidate_error = f"the answer does not fit the {task} output contract: {exc}"
+    if baseline is None:
+        return Evidence(candidate_metrics, None, candidate_error)
+    baseline_out, baseline_error = _answer(baseline, data.features)
+    if baseline_out is None:
+        raise EvaluationError(f"the baseline cannot answer the evaluation data: {baseline_error}")
+    try:
+        baseline_metrics = metrics.compute(task, data.target, baseline_out)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise EvaluationError(
+            f"the baseline's answer does not fit the policy's {task}: {exc}"
+        ) from exc
+    improvements: dict[str, bootstrap.Interval] = {}
+    timing = None
+    if candidate_out is not None and candidate_metrics is not None:
+        improvements = bootstrap.improvements(
+            task,
+            data.target,
+            candidate_out,
+            baseline_out,
+            policy.metrics,
+            resamples=policy.bootstrap.resamples,
+            confidence=policy.bootstrap.confidence,
+            seed=policy.bootstrap.seed,
+        )
+        if policy.latency is not None:
+            timing = latency.measure(
+                candidate.predict,
+                baseline.predict,
+                data.features,
+                rounds=policy.latency.rounds,
+                batch_rows=policy.latency.batch_rows,
+            )
+    inputs = outputs = None
+    old, new = _signature(baseline), _signature(candidate)
+    if policy.compatibility.inputs:
+        inputs = tuple(input_breaks(columns_of(old[0]), columns_of(new[0])))
+    if policy.compatibility.outputs:
+        found = output_breaks(columns_of(old[1]), columns_of(new[1]))
+        if candidate_out is not None:
+            found += frame_breaks(baseline_out, candidate_out)
+        outputs = tuple(found)
+    return Evidence(
+        candidate_metrics,
+        baseline_metrics,
+        candidate_error,
+        improvements,
+        timing,
+        inputs,
+        outputs,
+    )
+
+
+def _signature(model: PyFuncModel) -> tuple[Schema | None, Schema | None]:
+    """The model's input and output schemas (None where it declares none)."""
+    signature = model.metadata.signature
+    if signature is None:
+        return None, None
+    return signature.inputs, signature.outputs
+
+
+def _baseline(client: MlflowClient, name: str, baseline: str) -> ModelRef | None:
+    """The baseline version; None when it is an alias that does not exist (yet)."""
+    try:
+        return versions.find(client, name, baseline)
+    except AliasNotFound:
+        return None
+
+
+def _load(ref: ModelRef, directory: Path, tracking_uri: str, role: str) -> PyFuncModel:
+    try:
+        return load(ref, directory, tracking_uri)
+    except Exception as exc:  # model code may raise anything while loading
+        raise EvaluationError(f"cannot load the {role} {ref}: {_reason(exc)}") from exc
+
+
+def _answer(model: PyFuncModel, frame: pd.DataFrame) -> tuple[pd.DataFrame | None, str | None]:
+    """The model's output frame, or why it gave none."""
+    try:
+        output = model.predict(frame)
+    except Exception as exc:  # a failing candidate is a finding, not a crash
+        return None, f"predict failed: {_reason(exc)}"
+    if not isinstance(output, pd.DataFrame):
+        return None, f"predict returned {type(output).__name__}, not a DataFrame"
+    return output, None
+
+
+def promote_if_passed(
+    client: MlflowClient,
+    spec: GateSpec,
+    candidate: ModelRef,
+    baseline: ModelRef | None,
+    verdict: Verdict,
+    run_id: str,
+) -> tuple[bool | None, str | None]:
+    """Move `spec.promote` to the candidate if the gate passed: (moved?, what happened).
+
+    When the alias promoted is the baseline's own, the move expects it to still name the
+    version the candidate was compared against; if it moved meanwhile, nothing moves.
+    """
+    if spec.promote is None:
+        return None, None
+    if not verdict.passed:
+        return False, f"{spec.promote} not moved: the gate failed"
+    expect = None
+    if baseline is not None and spec.promote == baseline.alias:
+        expect = baseline.version
+    try:
+        history.promote(
+            client,
+            spec.name,
+            spec.promote,
+            candidate.version,
+            expect=expect,
+            reason=f"gate passed: run {run_id}",
+        )
+    except StaleAlias as exc:
+        return False, f"{spec.promote} not moved: {exc}"
+    return True, f"{spec.promote} -> version {candidate.version}"
+
+
+def _record(client: MlflowClient, spec: GateSpec, judged: Evaluation) -> tuple[str, str | None]:
+    """Log the evaluation as a run linked to both versions; return its id and UI address."""
+    candidate, baseline, data = judged.candidate, judged.baseline, judged.data
+    evidence, verdict = judged.evidence, judged.verdict
+    experiment_id = _experiment(client)
+    verdict_word = _word(verdict)
+    passed = sum(check.passed for check in verdict.checks)
+    baseline_label = f"v{baseline.version}" if baseline else "no baseline"
+    run = client.create_run(
+        experiment_id,
+        run_name=f"gate {spec.name} v{candidate.version} vs {baseline_label}",
+        tags={
+            "modelyard.gate.model": spec.name,
+            "modelyard.gate.candidate": f"{spec.name}/{candidate.version}",
+            "modelyard.gate.baseline": f"{spec.name}/{baseline.version}" if baseline else "none",
+            VERDICT_TAG: verdict_word,
+            "modelyard.gate.checks": f"{passed}/{len(verdict.checks)} passed",
+        },
+    )
+    run_id = run.info.run_id
+    params = {
+        "model": spec.name,
+        "candidate.version": candidate.version,
+        "candidate.asked": spec.candidate,
+        "candidate.run_id": candidate.run_id or "",
+        "baseline.version": baseline.version if baseline else "none",
+        "baseline.asked": spec.baseline,
+        "baseline.run_id": (baseline.run_id or "") if baseline else "",
+        "policy.path": str(spec.policy_path),
+        "policy.sha256": spec.policy_sha256,
+        "data.kind": data.kind,
+        "data.source": data.description,
+        "data.sha256": data.sha256,
+        "data.rows": str(data.rows),
+    }
+    now = int(time.time() * 1000)
+    values: dict[str, float] = {}
+    for side, found in (("candidate", evidence.candidate), ("baseline", evidence.baseline)):
+        values |= {f"{side}.{k}": v for k, v in (found or {}).items()}
+    for name, interval in evidence.improvements.items():
+        values |= {
+            f"improvement.{name}": interval.estimate,
+            f"improvement.{name}.low": interval.low,
+            f"improvement.{name}.high": interval.high,
+        }
+    if evidence.latency is not None:
+        values |= {
+            "latency.row_ratio": evidence.latency.row_ratio,
+            "latency.batch_ratio": evidence.latency.batch_ratio,
+            "latency.candidate_row_ms": evidence.latency.candidate_row_ms,
+            "latency.baseline_row_ms": evidence.latency.baseline_row_ms,
+        }
+    values["passed"] = float(verdict.passed)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, v, now, 0) for k, v in values.items() if math.isfinite(v)],
+        params=[Param(k, v) for k, v in params.items()],
+    )
+    uri = client.tracking_uri
+    url = (
+        f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        if uri.startswith(("http://", "https://"))
+        else None
+    )
+    return run_id, url
+
+
+def _experiment(client: MlflowClient) -> str:
+    found = client.get_experiment_by_name(EXPERIMENT)
+    if found is not None:
+        return str(found.experiment_id)
+    try:
+        return str(client.create_experiment(EXPERIMENT))
+    except MlflowException:  # another gate created it first
+        again = client.get_experiment_by_name(EXPERIMENT)
+        if again is None:
+            raise
+        return str(again.experiment_id)
+
+
+def _phases(start: float, marks: dict[str, float]) -> dict[str, float]:
+    """Seconds spent in each phase, from the time each one ended."""
+    ends = list(marks.values())
+    return {
+        name: end - begin for name, end, begin in zip(marks, ends, [start, *ends], strict=False)
+    }
+
+
+def _word(verdict: Verdict) -> str:
+    return "pass" if verdict.passed else "fail"
+
+
+def _reason(exc: BaseException) -> str:
+    """A short reason: MLflow's schema errors put the whole frame before the words that count."""
+    text = str(exc).rsplit("Error: ", 1)[-1].strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]

@@ -1,0 +1,136 @@
+"""The gate's decision: a pure function of the policy and the evidence gathered."""
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from registry.bootstrap import Interval
+from registry.latency import Latency
+from registry.policy import MetricRule, Policy
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What scoring both versions showed; None where there was nothing to show.
+
+    `baseline` is None when there is no baseline version; `candidate` is None when the
+    candidate gave no usable answer (then `candidate_error` says why). Breaks are None when
+    that comparison was not made.
+    """
+
+    candidate: Mapping[str, float] | None
+    baseline: Mapping[str, float] | None
+    candidate_error: str | None = None
+    improvements: Mapping[str, Interval] = field(default_factory=dict)
+    latency: Latency | None = None
+    input_breaks: tuple[str, ...] | None = None
+    output_breaks: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One line of the verdict: what was checked, the values seen, the bound, the outcome."""
+
+    name: str
+    candidate: float | None
+    baseline: float | None
+    bound: str
+    passed: bool
+    detail: str = ""
+    unit: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Every check, and notes on what was not checked and why."""
+
+    checks: tuple[Check, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        """True only when there was something to check and every check passed."""
+        return bool(self.checks) and all(check.passed for check in self.checks)
+
+
+def judge(policy: Policy, evidence: Evidence) -> Verdict:
+    """Apply the policy to the evidence. Without a baseline only absolute bounds apply."""
+    checks: list[Check] = []
+    notes: list[str] = []
+    if evidence.candidate_error is not None or evidence.candidate is None:
+        error = evidence.candidate_error or "no answer"
+        checks.append(Check("candidate answers", None, None, "output contract", False, error))
+    for name, rule in policy.metrics.items():
+        checks.extend(_bounds(name, rule, evidence))
+        if rule.max_regression is not None and evidence.baseline is not None:
+            checks.append(_regression(name, rule.max_regression, evidence))
+    if evidence.baseline is None:
+        notes.append(
+            "no baseline: only absolute bounds apply (regression, latency and compatibility "
+            "checks skipped)"
+        )
+    else:
+        if policy.latency is not None and evidence.latency is not None:
+            checks.extend(_latency(policy.latency.max_ratio, evidence.latency))
+        if evidence.input_breaks is not None:
+            checks.append(_compatible("inputs accept baseline requests", evidence.input_breaks))
+        if evidence.output_breaks is not None:
+            checks.append(_compatible("outputs in baseline contract", evidence.output_breaks))
+    return Verdict(tuple(checks), tuple(notes))
+
+
+def _bounds(name: str, rule: MetricRule, evidence: Evidence) -> list[Check]:
+    value = evidence.candidate.get(name) if evidence.candidate else None
+    baseline = evidence.baseline.get(name) if evidence.baseline else None
+    found = value is not None and math.isfinite(value)
+    checks = []
+    if rule.min is not None:
+        ok = found and value is not None and value >= rule.min
+        checks.append(Check(name, value, baseline, f">= {rule.min:g}", ok))
+    if rule.max is not None:
+        ok = found and value is not None and value <= rule.max
+        checks.append(Check(name, value, baseline, f"<= {rule.max:g}", ok))
+    return checks
+
+
+def _regression(name: str, margin: float, evidence: Evidence) -> Check:
+    value = evidence.candidate.get(name) if evidence.candidate else None
+    baseline = evidence.baseline.get(name) if evidence.baseline else None
+    bound = f"worse by <= {margin:g}"
+    interval = evidence.improvements.get(name)
+    if interval is None:
+        return Check(f"{name} vs baseline", value, baseline, bound, False, "not compared")
+    detail = (
+        f"diff {interval.estimate:+.4f}, {interval.confidence:.0%} CI "
+        f"[{interval.low:+.4f}, {interval.high:+.4f}]"
+    )
+    passed = not interval.regresses_beyond(margin)
+    return Check(f"{name} vs baseline", value, baseline, bound, passed, detail)
+
+
+def _latency(max_ratio: float, latency: Latency) -> list[Check]:
+    bound = f"ratio <= {max_ratio:g}"
+    return [
+        Check(
+            "latency p50, 1 row",
+            latency.candidate_row_ms,
+            latency.baseline_row_ms,
+            bound,
+            latency.row_ratio <= max_ratio,
+            f"ratio {latency.row_ratio:.2f}",
+            "ms",
+        ),
+        Check(
+            f"latency p50, {latency.batch_rows} rows",
+            latency.candidate_batch_ms,
+            latency.baseline_batch_ms,
+            bound,
+            latency.batch_ratio <= max_ratio,
+            f"ratio {latency.batch_ratio:.2f}",
+            "ms",
+        ),
+    ]
+
+
+def _compatible(name: str, breaks: tuple[str, ...]) -> Check:
+    return Check(name, None, None, "no break", not breaks, "; ".join(breaks))

@@ -1,0 +1,147 @@
+"""Compatibility rules: what breaks a client of the baseline, under MLflow's enforcement."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.models.utils import _enforce_mlflow_datatype
+from mlflow.types import ColSpec, DataType, Schema, TensorSpec
+
+from registry.compatibility import (
+    WIDER_TYPES,
+    Column,
+    columns_of,
+    frame_breaks,
+    input_breaks,
+    output_breaks,
+)
+
+BASE = (Column("a", "double"), Column("b", "long"), Column("c", "string", required=False))
+
+
+def test_same_signature_breaks_nothing():
+    assert input_breaks(BASE, BASE) == []
+    assert output_breaks(BASE, BASE) == []
+
+
+def test_new_optional_column_is_compatible():
+    assert input_breaks(BASE, (*BASE, Column("d", "double", required=False))) == []
+
+
+def test_new_required_column_breaks():
+    (problem,) = input_breaks(BASE, (*BASE, Column("d", "double")))
+    assert "new required input column 'd'" in problem
+
+
+def test_optional_column_becoming_required_breaks():
+    candidate = (BASE[0], BASE[1], Column("c", "string", required=True))
+    (problem,) = input_breaks(BASE, candidate)
+    assert "'c' became required" in problem
+
+
+def test_required_column_becoming_optional_is_compatible():
+    candidate = (Column("a", "double", required=False), BASE[1], BASE[2])
+    assert input_breaks(BASE, candidate) == []
+
+
+@pytest.mark.parametrize("dropped", ["b", "c"])
+def test_removed_column_breaks(dropped: str):
+    (problem,) = input_breaks(BASE, tuple(c for c in BASE if c.name != dropped))
+    assert f"input column '{dropped}' removed" in problem
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "breaks"),
+    [
+        ("long", "integer", True),
+        ("double", "float", True),
+        ("long", "double", True),  # only 0/1 longs pass as doubles
+        ("double", "string", True),
+        ("integer", "long", False),
+        ("integer", "double", False),
+        ("float", "double", False),
+    ],
+)
+def test_type_change(old: str, new: str, breaks: bool):
+    problems = input_breaks((Column("x", old),), (Column("x", new),))
+    assert bool(problems) is breaks
+    if breaks:
+        assert f"narrowed from {old} to {new}" in problems[0]
+
+
+def test_missing_signatures():
+    assert input_breaks(BASE, None) == []  # enforces nothing: accepts everything
+    assert input_breaks(None, BASE) != []
+    assert output_breaks(None, None) == []
+    assert output_breaks(BASE, None) != []
+
+
+def test_tensor_inputs_must_be_equal():
+    tensor = (Column(None, "tensor float32 [-1, 30]"),)
+    assert input_breaks(tensor, tensor) == []
+    assert input_breaks(tensor, (Column(None, "tensor float32 [-1, 31]"),)) != []
+
+
+def test_output_signature_any_change_breaks():
+    contract = (Column("label", "long"), Column("probability", "double"))
+    extra = (*contract, Column("explanation", "string"))
+    assert output_breaks(contract, extra) == ["output signature: extra column 'explanation'"]
+    assert output_breaks(contract, contract[:1]) == [
+        "output signature: column 'probability' missing"
+    ]
+    retyped = (Column("label", "integer"), contract[1])
+    assert output_breaks(contract, retyped) == [
+        "output signature: column 'label' is integer, was long"
+    ]
+    assert "reordered" in output_breaks(contract, contract[::-1])[0]
+
+
+def test_output_frames_compared_by_columns_and_dtypes():
+    baseline = pd.DataFrame({"label": np.array([1, 0]), "probability": [0.9, 0.2]})
+    assert frame_breaks(baseline, baseline.copy()) == []
+    narrowed = baseline.astype({"label": "int32"})
+    assert frame_breaks(baseline, narrowed) == ["output frame: column 'label' is int32, was int64"]
+    assert frame_breaks(baseline, baseline.assign(extra="x")) == [
+        "output frame: extra column 'extra'"
+    ]
+
+
+def test_columns_of_mlflow_schemas():
+    schema = Schema([ColSpec("double", "a"), ColSpec("long", "b", required=False)])
+    assert columns_of(schema) == (Column("a", "double"), Column("b", "long", required=False))
+    tensors = Schema([TensorSpec(np.dtype("float32"), (-1, 3))])
+    assert columns_of(tensors) == (Column(None, "tensor float32 [-1, 3]"),)
+    assert columns_of(None) is None
+
+
+_SAMPLES = {
+    "bool": pd.Series([True, False]),
+    "int8": pd.Series([1, 2], dtype="int8"),
+    "int16": pd.Series([1, 2], dtype="int16"),
+    "int32": pd.Series([1, 2], dtype="int32"),
+    "int64": pd.Series([1, 2], dtype="int64"),
+    "uint8": pd.Series([1, 2], dtype="uint8"),
+    "uint32": pd.Series([1, 2], dtype="uint32"),
+    "float16": pd.Series([1.5, 2], dtype="float16"),
+    "float32": pd.Series([1.5, 2], dtype="float32"),
+    "float64": pd.Series([1.5, 2], dtype="float64"),
+    "datetime": pd.Series(pd.to_datetime(["2020-01-01", "2020-01-02"])),
+}
+_NUMERIC = ("integer", "long", "float", "double", "boolean", "datetime")
+
+
+def _accepted(kind: str) -> set[str]:
+    accepted = set()
+    for name, sample in _SAMPLES.items():
+        try:
+            _enforce_mlflow_datatype("x", sample.copy(), DataType[kind])
+        except Exception:
+            continue
+        accepted.add(name)
+    return accepted
+
+
+def test_wider_types_match_mlflow_enforcement():
+    """A widening allowed by the rules is one MLflow's enforcement actually accepts."""
+    for old in _NUMERIC:
+        measured = {new for new in _NUMERIC if _accepted(new) >= _accepted(old)}
+        assert measured == set(WIDER_TYPES.get(old, {old})), old
