@@ -73,6 +73,12 @@ class Metrics:
             "modelyard_shadow_errors", "Shadow predictions that raised.", shadow_labels, registry=r
         )
 
+        self.shadow_skipped = Counter(
+            "modelyard_shadow_skipped",
+            "Sampled requests not shadow-scored because the shadow backlog was full.",
+            shadow_labels, registry=r,
+        )  # fmt: skip
+
     def version_served(
         self, model: str, alias: str, version: str, load_s: float, previous: str | None
     ) -> None:

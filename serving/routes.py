@@ -76,7 +76,7 @@ async def models(service: ServiceDep) -> dict[str, Any]:
                 },
                 "shadow": {
                     f"{production}->{shadow}": tally.summary()
-                    for (production, shadow), tally in served.shadow.items()
+                    for (production, shadow), tally in list(served.shadow.items())
                 },
                 "aliases": {
                     alias: {

@@ -3,7 +3,8 @@
 import asyncio
 import logging
 import random
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,9 @@ from serving.watcher import Watcher
 from serving.webhooks import Verifier
 
 logger = logging.getLogger("serving.requests")
+
+SHADOW_BACKLOG = 16
+"""Shadow predictions queued or running at most; beyond that a sample is skipped and counted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +44,10 @@ class Service:
         self.metrics = Metrics()
         self.watcher = Watcher(settings, self.table, self.metrics)
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="predict")
+        # Shadow scoring has a thread of its own and a bounded backlog: it never queues ahead
+        # of production predictions, a slow shadow cannot pile up work, one thread tallies.
+        self.shadow_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
+        self._shadow_backlog = threading.BoundedSemaphore(SHADOW_BACKLOG)
         self.in_flight = 0
         self._random = random.Random()
         secret = settings.webhook_secret
@@ -56,6 +64,7 @@ class Service:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         await self.watcher.stop()
+        self.shadow_executor.shutdown(wait=True, cancel_futures=True)
         self.executor.shutdown(wait=True)
 
     def default_model(self) -> str:
@@ -109,17 +118,25 @@ class Service:
         pair = (primary.ref.version, shadow.ref.version)
         labels = (served.name, *pair)
 
-        def compare(future: Future[Any]) -> None:
-            if future.exception() is not None:
-                self.metrics.shadow_errors.labels(*labels).inc()
-                return
-            tally = served.shadow.setdefault(pair, Agreement())
-            before = (tally.rows, tally.agreed)
-            tally.add(answer, future.result())
-            self.metrics.shadow_rows.labels(*labels).inc(tally.rows - before[0])
-            self.metrics.shadow_agreed.labels(*labels).inc(tally.agreed - before[1])
+        if not self._shadow_backlog.acquire(blocking=False):
+            self.metrics.shadow_skipped.labels(*labels).inc()
+            return
 
-        self.executor.submit(shadow.predict, decoded).add_done_callback(compare)
+        def score() -> None:
+            """In the shadow thread: predict and tally (one thread: no racing updates)."""
+            try:
+                staging = shadow.predict(decoded)
+                tally = served.shadow.setdefault(pair, Agreement())
+                before = (tally.rows, tally.agreed)
+                tally.add(answer, staging)
+                self.metrics.shadow_rows.labels(*labels).inc(tally.rows - before[0])
+                self.metrics.shadow_agreed.labels(*labels).inc(tally.agreed - before[1])
+            except Exception:
+                self.metrics.shadow_errors.labels(*labels).inc()
+            finally:
+                self._shadow_backlog.release()
+
+        self.shadow_executor.submit(score)
 
     async def _predict(self, loaded: LoadedModel, alias: str, decoded: protocol.Decoded) -> Any:
         if self.in_flight >= self.settings.max_in_flight:

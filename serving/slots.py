@@ -30,6 +30,8 @@ class Slot:
     loading: str | None = None
     """The version being loaded now, if any."""
     error: str | None = None
+    failed_version: str | None = None
+    """The version whose load failed last; only its retries wait for the backoff."""
     failures: int = 0
     retry_at: float = 0.0
     note: str | None = None
@@ -45,13 +47,15 @@ class Slot:
 
     def failed(self, version: str, reason: str, backoff_s: float) -> None:
         """Record a failed load of `version`; the next try waits longer each time (to 60 s)."""
-        self.error = f"version {version}: {reason}"
+        if version != self.failed_version:
+            self.failures = 0
+        self.error, self.failed_version = f"version {version}: {reason}", version
         self.failures += 1
         self.retry_at = time.monotonic() + min(60.0, backoff_s * 2 ** (self.failures - 1))
 
     def clear_failure(self) -> None:
         """Forget a failed load: the alias no longer names that version."""
-        self.error, self.failures, self.retry_at = None, 0, 0.0
+        self.error, self.failed_version, self.failures, self.retry_at = None, None, 0, 0.0
 
     def swapped(self, loaded: LoadedModel) -> LoadedModel | None:
         """Serve `loaded` from now on; return the version it replaced."""

@@ -51,10 +51,12 @@ class Watcher:
         self._wake.set()
 
     async def run(self) -> None:
-        """Poll forever, every `poll_interval_s` (jittered by up to 20%), or when woken."""
+        """Poll forever, every `poll_interval_s` (up to 20% sooner, jittered), or when woken."""
         while True:
             await self.poll()
-            interval = self.settings.poll_interval_s * random.uniform(0.8, 1.2)
+            # jitter only downwards: replicas stay out of step, and a move is never seen
+            # later than one poll interval after it is made
+            interval = self.settings.poll_interval_s * random.uniform(0.8, 1.0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=interval)
             self._wake.clear()
@@ -126,11 +128,9 @@ class Watcher:
     def _needs_load(self, slot: Slot) -> bool:
         current = slot.current.ref.version if slot.current else None
         running = slot in self._loads and not self._loads[slot].done()
+        backing_off = slot.wanted == slot.failed_version and time.monotonic() < slot.retry_at
         return (
-            slot.wanted is not None
-            and slot.wanted != current
-            and not running
-            and time.monotonic() >= slot.retry_at
+            slot.wanted is not None and slot.wanted != current and not running and not backing_off
         )
 
     async def _follow(self, slot: Slot) -> None:
@@ -151,13 +151,23 @@ class Watcher:
                     "%s@%s version %s not swapped in: %s (still serving %s)",
                     slot.model, slot.alias, target, reason, _version(slot.current) or "nothing",
                 )  # fmt: skip
+                if slot.wanted != target:
+                    continue  # the alias moved on while this version failed: load the new target
                 return
             slot.loading = None
-            if slot.wanted != target:
+            if slot.wanted == _version(slot.current):
                 logger.info(
-                    "%s@%s moved on while version %s loaded", slot.model, slot.alias, target
-                )
-                continue
+                    "%s@%s moved back to version %s while version %s loaded",
+                    slot.model, slot.alias, slot.wanted, target,
+                )  # fmt: skip
+                return
+            if slot.wanted != target:
+                # Newer than what serves: swap it in now and load the latest next, so that an
+                # alias moving faster than a load cannot starve the slot on an old version.
+                logger.info(
+                    "%s@%s moved on while version %s loaded; serving it until version %s loads",
+                    slot.model, slot.alias, target, slot.wanted,
+                )  # fmt: skip
             previous = slot.swapped(loaded)
             self.metrics.swaps.labels(slot.model, slot.alias).inc()
             self.metrics.version_served(

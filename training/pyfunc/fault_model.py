@@ -43,7 +43,7 @@ class FaultModel(PythonModel):
         flip = float(self.config.get("flip_fraction", 0))
         if flip:
             rows = np.arange(len(first)) + (first * 1000).astype("int64")
-            label = np.where(rows % 100 < flip * 100, 1 - label, label)
+            label = np.where(rows % 100 < round(flip * 100), 1 - label, label)
         return pd.DataFrame({"label": label, "probability": probability})
 
 
