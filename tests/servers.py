@@ -80,7 +80,11 @@ def start_mlflow(
         start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
-    wait_http(f"{uri}/health", process)
+    try:
+        wait_http(f"{uri}/health", process)
+    except (RuntimeError, TimeoutError):
+        stop(process)
+        raise
     return uri, process
 
 
