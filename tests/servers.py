@@ -50,7 +50,7 @@ def start_mlflow(
         | {
             "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
             "MLFLOW_DISABLE_TELEMETRY": "true",
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # else it takes ~20 s to stop
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # else it takes ~20 s to stop
             "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0xMjM0NTY=",
             "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
             "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
