@@ -53,9 +53,9 @@ if sys.path and Path(sys.path[0]).resolve() == ROOT / "bench":
 
 import requests  # noqa: E402
 
+from bench import processes as stack  # noqa: E402
 from bench import swap_checks as checks  # noqa: E402
 from bench import swap_load as load  # noqa: E402
-from bench import swap_stack as stack  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "swap.json"
 MODEL = "swap-bench"

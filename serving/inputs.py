@@ -83,7 +83,9 @@ class Batch:
     def frame(self) -> pd.DataFrame:
         """The batch as a DataFrame with the signature's columns, in its order."""
         if self.matrix is not None:
-            return pd.DataFrame(self.matrix, columns=self.names, copy=False)
+            # an object Index: from a list, pandas builds (and models iterate) Arrow strings
+            columns = pd.Index(self.names, dtype=object)
+            return pd.DataFrame(self.matrix, columns=columns, copy=False)
         return pd.DataFrame(dict(zip(self.names, self.arrays, strict=True)), copy=False)
 
     def as_matrix(self) -> np.ndarray:

@@ -43,9 +43,10 @@ def to_contract(task: str, scores: np.ndarray) -> pd.DataFrame:
     """Turn one score per row (positive-class probability or regression value) into the contract."""
     if task == "classification":
         return pd.DataFrame(
-            {"label": (scores >= 0.5).astype("int64"), "probability": scores.astype("float64")}
+            {"label": (scores >= 0.5).astype("int64"), "probability": scores.astype("float64")},
+            copy=False,
         )
-    return pd.DataFrame({"prediction": scores.astype("float64")})
+    return pd.DataFrame({"prediction": scores.astype("float64")}, copy=False)
 
 
 class ContractModel(PythonModel):
@@ -103,7 +104,7 @@ class ContractModel(PythonModel):
         """Score the named feature columns (extra columns are ignored) into the contract."""
         columns = (
             model_input
-            if list(model_input.columns) == self.features
+            if model_input.columns.tolist() == self.features
             else model_input[self.features]
         )
         x = columns.to_numpy(dtype="float64")

@@ -1,7 +1,7 @@
-"""Real processes for the swap benchmark: moto's S3 server, `mlflow server`, `modelyard serve`.
+"""Real processes for the benchmarks: moto's S3 server, `mlflow server`, `modelyard serve`.
 
 Every process runs in its own session with its output in a log file under the work directory,
-and is stopped by its own process group id.
+optionally pinned to a core, and is stopped by its own process group id.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-BUCKET = "modelyard-swap-bench"
+BUCKET = "modelyard-bench"
 S3_ENV = {
     "AWS_ACCESS_KEY_ID": "bench",
     "AWS_SECRET_ACCESS_KEY": "bench",
@@ -108,9 +108,24 @@ class Process:
         return found
 
     def cpu_s(self) -> float:
-        """User plus system CPU seconds the process (all its threads) has used so far."""
-        fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User plus system CPU seconds this process and its live descendants have used."""
+        ticks = 0
+        for pid in self.tree_pids():
+            with suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    def tree_pids(self) -> list[int]:
+        """This process and its descendants (uvicorn's workers among them)."""
+        found, frontier = [], [self.popen.pid]
+        while frontier:
+            pid = frontier.pop()
+            found.append(pid)
+            with suppress(OSError):
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+                frontier += [int(child) for child in children.split()]
+        return found
 
     def log_records(self) -> list[dict[str, Any]]:
         """The JSON log lines the process wrote (other lines are skipped)."""
@@ -157,13 +172,13 @@ def base_env(tracking_uri: str | None = None) -> dict[str, str]:
 
 
 @contextmanager
-def registry(workdir: Path) -> Iterator[str]:
+def registry(workdir: Path, core: str | None = None) -> Iterator[str]:
     """moto's S3 server and `mlflow server` (SQLite, artifacts proxied to S3); yields its URI."""
     with ExitStack() as stack:
         s3_port = free_port()
         s3 = spawn(
             "s3", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)],
-            base_env(), workdir, s3_port,
+            base_env(), workdir, s3_port, core,
         )  # fmt: skip
         stack.callback(s3.stop)
         s3.wait_ready("/moto-api/", timeout_s=60)
@@ -177,14 +192,22 @@ def registry(workdir: Path) -> Iterator[str]:
             aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"],
         ).create_bucket(Bucket=BUCKET)
         port = free_port()
-        env = base_env() | S3_ENV | WEBHOOK_ENV | {"MLFLOW_S3_ENDPOINT_URL": s3.base_url}
+        env = (
+            base_env()
+            | S3_ENV
+            | WEBHOOK_ENV
+            | {
+                "MLFLOW_S3_ENDPOINT_URL": s3.base_url,
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # no job-runner processes
+            }
+        )
         command = [
             str(BIN / "mlflow"), "server",
             "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
             "--artifacts-destination", f"s3://{BUCKET}/artifacts",
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
         ]  # fmt: skip
-        server = spawn("mlflow server", command, env, workdir, port)
+        server = spawn("mlflow server", command, env, workdir, port, core)
         stack.callback(server.stop)
         server.wait_ready("/health", timeout_s=120)
         yield server.base_url
@@ -196,8 +219,9 @@ def start_serving(
     workdir: Path,
     settings: Mapping[str, str],
     core: str | None = None,
+    workers: int = 1,
 ) -> Process:
-    """`modelyard serve` (one worker) on a free port with these MODELYARD_* settings."""
+    """`modelyard serve` on a free port with these MODELYARD_* settings."""
     port = free_port()
-    command = [str(BIN / "modelyard"), "serve", "--port", str(port)]
+    command = [str(BIN / "modelyard"), "serve", "--port", str(port), "--workers", str(workers)]
     return spawn(name, command, base_env(tracking_uri) | dict(settings), workdir, port, core)

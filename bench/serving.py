@@ -1,0 +1,965 @@
+"""Serving benchmark: modelyard against `mlflow models serve` and a hand-written FastAPI app.
+
+    .venv/bin/python bench/serving.py                # full run -> bench/results/serving.json
+    .venv/bin/python bench/serving.py --model logistic-20 --repeats 3
+    .venv/bin/python bench/serving.py --quick        # smoke run (1 x 2 s), JSON in a temp file
+    .venv/bin/python bench/serving.py --workers 2    # multi-worker latency check only
+
+It starts its own registry (moto's S3 server and `mlflow server` on SQLite in a temporary
+directory), trains and registers two models (the demo classifier behind the output contract,
+and a bare scikit-learn logistic regression on 20 features) and, one model after the other,
+serves the same version by each server: every server one worker pinned to core 0; wrk, pinned
+to core 1, posts a fixed `dataframe_split` body (1 row or 100 rows) at 1, 8 and 32
+connections. The hand-written app also answers a constant on `/hello`, FastAPI's own ceiling
+on the machine. Runs are interleaved (repetition -> (concurrency, body) -> server, the server
+order rotating per repetition) so that background load on the machine spreads over every
+server alike. Any non-2xx answer or socket error aborts the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+# Run as `python bench/serving.py`, this file's folder comes first on sys.path and would
+# shadow the `serving` package: put the repository root there instead.
+if sys.path and Path(sys.path[0]).resolve() == ROOT / "bench":
+    sys.path[0] = str(ROOT)
+
+from bench.processes import (  # noqa: E402
+    BIN,
+    Process,
+    base_env,
+    free_port,
+    http_status,
+    registry,
+    spawn,
+    start_serving,
+)
+
+RESULTS = ROOT / "bench" / "results" / "serving.json"
+SERVER_CORE, LOAD_CORE = "0", "1"
+MODELS = ("cancer-classifier", "logistic-20")
+"""The demo classifier (contract pyfunc over a scaled logistic regression, 30 features) and a
+bare scikit-learn LogisticRegression on 20 synthetic features (the sklearn flavour)."""
+ALIAS = "production"
+CONCURRENCIES = (1, 8, 32)
+BODY_ROWS = (1, 100)
+MLFLOW, HANDWRITTEN, HELLO = "mlflow models serve", "hand-written", "FastAPI hello-world"
+MODELYARD, MODELYARD_DEFAULT = "modelyard", "modelyard /invocations"
+
+
+# -- goals ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A target ratio of modelyard's medians over a reference server's."""
+
+    reference: str
+    metric: str  # "rps" (modelyard / reference >= bound) or "p99" (<= bound)
+    bound: float
+    rows: tuple[int, ...]
+
+    def met(self, ratio: float) -> bool:
+        return ratio >= self.bound if self.metric == "rps" else ratio <= self.bound
+
+    def text(self) -> str:
+        sign = ">=" if self.metric == "rps" else "<="
+        what = "req/s" if self.metric == "rps" else "p99 latency"
+        bodies = " and ".join(f"{r}-row" for r in self.rows)
+        return f"{what} {sign} {self.bound:g}x {self.reference}, {bodies} body"
+
+
+GOALS = (
+    Goal(MLFLOW, "rps", 10, (1,)),
+    Goal(MLFLOW, "p99", 0.1, (1,)),
+    Goal(MLFLOW, "rps", 5, (100,)),
+    Goal(HANDWRITTEN, "rps", 0.9, BODY_ROWS),
+    Goal(HANDWRITTEN, "p99", 1.25, BODY_ROWS),
+)
+READY_BOUND = 1.5
+"""modelyard's start-to-ready over a plain `mlflow.pyfunc.load_model` process's time."""
+STALL_MS = 30.0
+"""A keep-alive p50 this high means responses wait for the client's delayed ACK (~40 ms)."""
+
+
+# -- the registry and the model -----------------------------------------------------------------
+
+
+def train_model(tracking_uri: str, model: str) -> str:
+    """Train and register `model` (one of MODELS) with alias `production`; its version."""
+    import logging
+
+    import mlflow
+    import numpy as np
+
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    if model == "cancer-classifier":
+        from training.run import TrainSpec, train
+
+        return train(TrainSpec("sklearn", alias=ALIAS), tracking_uri).version
+    from mlflow.models import infer_signature
+    from sklearn.linear_model import LogisticRegression
+
+    features = logistic_features()
+    weights = np.random.default_rng(1).standard_normal(features.shape[1])
+    labels = (features.to_numpy() @ weights > 0).astype("int64")
+    estimator = LogisticRegression().fit(features, labels)
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(
+            estimator,
+            name="model",
+            signature=infer_signature(features, estimator.predict(features)),
+            input_example=features.head(2),
+            registered_model_name=model,
+        )
+    version = str(info.registered_model_version)
+    mlflow.MlflowClient(tracking_uri).set_registered_model_alias(model, ALIAS, version)
+    return version
+
+
+def logistic_features() -> Any:
+    """1,000 rows of 20 seeded standard-normal features, x0 ... x19."""
+    import numpy as np
+    import pandas as pd
+
+    values = np.random.default_rng(0).standard_normal((1000, 20))
+    return pd.DataFrame(values, columns=[f"x{i}" for i in range(20)])
+
+
+def bodies(model: str) -> dict[int, bytes]:
+    """`dataframe_split` bodies of 1 and 100 rows: breast-cancer holdout or synthetic rows."""
+    if model == "cancer-classifier":
+        from training.datasets import load_split
+
+        rows = load_split("breast-cancer").x_holdout
+    else:
+        rows = logistic_features().tail(100)
+    return {
+        n: json.dumps(
+            {
+                "dataframe_split": {
+                    "columns": list(rows.columns),
+                    "data": rows.head(n).values.tolist(),
+                }
+            }
+        ).encode()
+        for n in BODY_ROWS
+    }
+
+
+# -- the servers ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """One URL to load: a server name, its process and the path posted to."""
+
+    name: str
+    process: Process
+    path: str
+
+    @property
+    def url(self) -> str:
+        return self.process.base_url + self.path
+
+
+def start_mlflow_serve(model_uri: str, env: dict[str, str], workdir: Path) -> Process:
+    port = free_port()
+    command = [
+        str(BIN / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-w",
+        "1",
+    ]
+    return spawn(MLFLOW, command, env, workdir, port, SERVER_CORE)
+
+
+def start_handwritten(
+    model_uri: str, env: dict[str, str], workdir: Path, workers: int = 1, loop: str = "uvloop"
+) -> Process:
+    port = free_port()
+    command = [
+        str(BIN / "uvicorn"),
+        "bench.handwritten_app:create_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--loop",
+        loop,
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+    env = env | {"BENCH_MODEL_URI": model_uri}
+    return spawn(HANDWRITTEN, command, env, workdir, port, SERVER_CORE)
+
+
+def start_modelyard(env: dict[str, str], workdir: Path, model: str, workers: int = 1) -> Process:
+    settings = env | {"MODELYARD_MODELS": model, "MODELYARD_ALIASES": ALIAS}
+    tracking_uri = env["MLFLOW_TRACKING_URI"]
+    return start_serving(MODELYARD, tracking_uri, workdir, settings, SERVER_CORE, workers)
+
+
+READY_PATHS = {MLFLOW: "/ping", HANDWRITTEN: "/health", MODELYARD: "/health/ready"}
+
+
+def check_answers(targets: Sequence[Target], payloads: dict[int, bytes]) -> None:
+    """Every target answers every body 200 with the same predictions, or the run stops."""
+    import requests
+
+    for rows, body in payloads.items():
+        answers = {}
+        for target in targets:
+            response = requests.post(
+                target.url, data=body, headers={"Content-Type": "application/json"}, timeout=30
+            )
+            if response.status_code != 200:
+                raise SystemExit(
+                    f"error: {target.name} answered {response.status_code} to the {rows}-row "
+                    f"body: {response.text[:300]}"
+                )
+            answers[target.name] = response.json()["predictions"]
+        first_name, first = next(iter(answers.items()))
+        for name, predictions in answers.items():
+            if not agree(predictions, first, rows):
+                raise SystemExit(
+                    f"error: {name} and {first_name} disagree on the {rows}-row body: "
+                    f"{predictions[:2]} vs {first[:2]}"
+                )
+
+
+def agree(predictions: list[Any], reference: list[Any], rows: int) -> bool:
+    """Both answers have `rows` predictions of equal values (floats to 1e-9)."""
+    import numpy as np
+    import pandas as pd
+
+    if not len(predictions) == len(reference) == rows:
+        return False
+    mine, theirs = pd.DataFrame(predictions), pd.DataFrame(reference)
+    return mine.columns.equals(theirs.columns) and bool(
+        np.allclose(mine.to_numpy(float), theirs.to_numpy(float), rtol=0, atol=1e-9)
+    )
+
+
+# -- wrk -----------------------------------------------------------------------------------------
+
+
+def require_wrk() -> str:
+    """wrk's path, or exit saying how to install it."""
+    path = shutil.which("wrk")
+    if path is None:
+        raise SystemExit(
+            "error: wrk is not installed; install it with `apt-get install -y wrk` "
+            "(Debian/Ubuntu) or from https://github.com/wg/wrk"
+        )
+    if shutil.which("taskset") is None:
+        raise SystemExit("error: taskset (util-linux) is needed to pin servers and load to cores")
+    if len(os.sched_getaffinity(0)) < 2:
+        raise SystemExit("error: needs at least 2 usable cores (servers on 0, wrk on 1)")
+    return path
+
+
+def lua_script(body: bytes, workdir: Path, name: str) -> Path:
+    """A wrk script posting `body` as JSON on every request."""
+    text = body.decode()
+    if "]==]" in text:
+        raise ValueError("body cannot be embedded in a Lua long string")
+    path = workdir / f"post-{name}.lua"
+    path.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = [==[{text}]==]\n"
+    )
+    return path
+
+
+_UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def parse_wrk(text: str) -> dict[str, Any]:
+    """Req/s, latency percentiles (ms), request and error counts from wrk's `--latency` output."""
+
+    def ms(value: str) -> float:
+        number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", value).groups()  # type: ignore[union-attr]
+        return float(number) * _UNIT_MS[unit]
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    count = re.search(r"(\d+) requests in ([\d.]+\w+),", text)
+    percentiles = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)\s*$", text, re.MULTILINE))
+    if rps is None or count is None or set(percentiles) != {"50", "75", "90", "99"}:
+        raise ValueError(f"unreadable wrk output:\n{text}")
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    sockets = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    )
+    return {
+        "rps": float(rps.group(1)),
+        "requests": int(count.group(1)),
+        "p50_ms": ms(percentiles["50"]),
+        "p75_ms": ms(percentiles["75"]),
+        "p90_ms": ms(percentiles["90"]),
+        "p99_ms": ms(percentiles["99"]),
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": dict(
+            zip(("connect", "read", "write", "timeout"), map(int, sockets.groups()), strict=True)
+        )
+        if sockets
+        else {"connect": 0, "read": 0, "write": 0, "timeout": 0},
+    }
+
+
+def run_wrk(url: str, script: Path, connections: int, duration_s: int) -> dict[str, Any]:
+    """One wrk run (1 thread, `connections` keep-alive connections) pinned to the load core."""
+    command = [
+        "taskset",
+        "-c",
+        LOAD_CORE,
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{duration_s}s",
+        "--latency",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        url,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 60)
+    if done.returncode != 0:
+        raise SystemExit(f"error: wrk failed ({done.returncode}): {done.stderr.strip()}")
+    return parse_wrk(done.stdout) | {"wrk_output": done.stdout}
+
+
+def checked(result: dict[str, Any], target: Target) -> dict[str, Any]:
+    """`result`, or exit loudly when the server answered anything but 2xx or dropped sockets."""
+    errors = result["non_2xx"] + sum(result["socket_errors"].values())
+    if errors:
+        raise SystemExit(
+            f"error: {target.name} ({target.url}) had {result['non_2xx']} non-2xx responses and "
+            f"socket errors {result['socket_errors']}\n{result['wrk_output']}\n"
+            f"{target.process.tail()}"
+        )
+    return result
+
+
+# -- measuring -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Matrix:
+    """Interleaved wrk runs over targets x concurrencies x bodies x repetitions."""
+
+    targets: list[Target]
+    scripts: dict[int, Path]
+    concurrencies: Sequence[int]
+    repeats: int
+    duration_s: int
+    warmup_s: int
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    def run(self, say: Any) -> None:
+        for script in self.scripts.values():
+            for target in self.targets:
+                checked(run_wrk(target.url, script, 8, self.warmup_s), target)
+        combos = [(c, rows) for c in self.concurrencies for rows in self.scripts]
+        total, n = self.repeats * len(combos) * len(self.targets), 0
+        for rep in range(self.repeats):
+            shift = rep % len(self.targets)
+            order = self.targets[shift:] + self.targets[:shift]
+            for connections, rows in combos:
+                for target in order:
+                    n += 1
+                    load = os.getloadavg()[0]
+                    cpu_before = target.process.cpu_s()
+                    result = checked(
+                        run_wrk(target.url, self.scripts[rows], connections, self.duration_s),
+                        target,
+                    )
+                    cpu = target.process.cpu_s() - cpu_before
+                    result.pop("wrk_output")
+                    result["server_cpu_s"] = cpu
+                    result["server_core_share"] = cpu / self.duration_s
+                    result["cpu_us_per_request"] = cpu / max(result["requests"], 1) * 1e6
+                    self.runs.append(
+                        {
+                            "server": target.name,
+                            "concurrency": connections,
+                            "rows": rows,
+                            "repetition": rep,
+                            "loadavg_1m_before": load,
+                            **result,
+                        }
+                    )
+                    say(
+                        f"  [{n:3d}/{total}] rep {rep + 1} c={connections:<2d} {rows:>3d}-row "
+                        f"{target.name:<24s} {result['rps']:9.1f} req/s  "
+                        f"p50 {result['p50_ms']:8.2f} ms  p99 {result['p99_ms']:8.2f} ms  "
+                        f"cpu {result['cpu_us_per_request']:6.0f} us/req "
+                        f"(core {result['server_core_share']:.0%})"
+                    )
+
+    def medians(self) -> list[dict[str, Any]]:
+        groups: dict[tuple[str, int, int], list[dict[str, Any]]] = defaultdict(list)
+        for run in self.runs:
+            groups[(run["server"], run["concurrency"], run["rows"])].append(run)
+        return [
+            {
+                "server": server,
+                "concurrency": c,
+                "rows": rows,
+                "runs": len(runs),
+                "rps": statistics.median(r["rps"] for r in runs),
+                "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+                "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+                "cpu_us_per_request": statistics.median(r["cpu_us_per_request"] for r in runs),
+                "server_core_share": statistics.median(r["server_core_share"] for r in runs),
+                "rps_min": min(r["rps"] for r in runs),
+                "rps_max": max(r["rps"] for r in runs),
+            }
+            for (server, c, rows), runs in groups.items()
+        ]
+
+
+def ratios(
+    medians: list[dict[str, Any]], subjects: Sequence[str], references: Sequence[str]
+) -> list[dict[str, Any]]:
+    """modelyard's medians over each reference's, per concurrency and body."""
+    by_key = {(m["server"], m["concurrency"], m["rows"]): m for m in medians}
+    out = []
+    for subject in subjects:
+        for reference in references:
+            for (server, c, rows), mine in by_key.items():
+                theirs = by_key.get((reference, c, rows))
+                if server != subject or theirs is None:
+                    continue
+                out.append(
+                    {
+                        "server": subject,
+                        "reference": reference,
+                        "concurrency": c,
+                        "rows": rows,
+                        "rps": mine["rps"] / theirs["rps"],
+                        "p50": mine["p50_ms"] / theirs["p50_ms"],
+                        "p99": mine["p99_ms"] / theirs["p99_ms"],
+                        "cpu_per_request": mine["cpu_us_per_request"]
+                        / theirs["cpu_us_per_request"],
+                    }
+                )
+    return out
+
+
+def evaluate(
+    ratio_rows: list[dict[str, Any]], readiness: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """Every goal per server, concurrency and body: measured ratio, bound, met."""
+    verdicts = []
+    for goal in GOALS:
+        for r in ratio_rows:
+            if r["reference"] == goal.reference and r["rows"] in goal.rows:
+                measured = r[goal.metric]
+                verdicts.append(
+                    {
+                        "goal": goal.text(),
+                        "server": r["server"],
+                        "concurrency": r["concurrency"],
+                        "rows": r["rows"],
+                        "measured": round(measured, 3),
+                        "bound": goal.bound,
+                        "met": goal.met(measured),
+                    }
+                )
+    if readiness is not None:
+        measured = readiness["ratio"]
+        verdicts.append(
+            {
+                "goal": f"start-to-ready <= {READY_BOUND:g}x a plain load_model process",
+                "server": MODELYARD,
+                "concurrency": None,
+                "rows": None,
+                "measured": round(measured, 3),
+                "bound": READY_BOUND,
+                "met": measured <= READY_BOUND,
+            }
+        )
+    return verdicts
+
+
+def measure_readiness(ctx: Context, repeats: int) -> dict[str, Any]:
+    """Process start to first 200 on the ready path, for each server, against a plain load.
+
+    The plain load is a fresh `python -c "import mlflow; mlflow.pyfunc.load_model(URI)"`,
+    timed to the moment load_model returns (and, for reference, to process exit). Everything
+    is pinned to the server core and downloads the model afresh.
+    """
+    model_uri, env, workdir = ctx.model_uri, ctx.env, ctx.workdir
+    plain_code = f"import mlflow; mlflow.pyfunc.load_model({model_uri!r})"
+    timed_code = f"import time; {plain_code}; print(time.time())"
+    starters = {
+        MODELYARD: lambda: start_modelyard(env, workdir, ctx.model),
+        MLFLOW: lambda: start_mlflow_serve(model_uri, env, workdir),
+        HANDWRITTEN: lambda: start_handwritten(model_uri, env, workdir),
+    }
+    times: dict[str, list[float]] = defaultdict(list)
+    for rep in range(repeats):
+        began, began_wall = time.monotonic(), time.time()
+        done = subprocess.run(
+            ["taskset", "-c", SERVER_CORE, sys.executable, "-c", timed_code],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"error: the plain load failed:\n{done.stderr[-2000:]}")
+        times["plain load_model"].append(float(done.stdout.split()[-1]) - began_wall)
+        times["plain load_model, to process exit"].append(time.monotonic() - began)
+        for name, start in starters.items():
+            began = time.monotonic()
+            process = start()
+            try:
+                process.wait_ready(READY_PATHS[name], poll_s=0.01)
+                times[name].append(time.monotonic() - began)
+            finally:
+                process.stop()
+        ctx.say(
+            f"  [{rep + 1}/{repeats}] " + "  ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items())
+        )
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    return {
+        "seconds": dict(times),
+        "median_s": medians,
+        "ratio": medians[MODELYARD] / medians["plain load_model"],
+        "plain_command": f"python -c {plain_code!r}",
+        "note": "ratio = modelyard / plain load_model (timed to load_model returning)",
+    }
+
+
+# -- report --------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    """The CPU, package versions, wrk and load average, for the record."""
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    wrk_version = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout
+    packages = (
+        "mlflow",
+        "uvicorn",
+        "fastapi",
+        "starlette",
+        "uvloop",
+        "httptools",
+        "pandas",
+        "numpy",
+        "scikit-learn",
+        "orjson",
+    )
+    return {
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": sorted(os.sched_getaffinity(0)),
+        "cpu_model": cpu,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {p: version(p) for p in packages},
+        "wrk": wrk_version.split("Copyright")[0].strip(),
+        "loadavg_at_start": os.getloadavg(),
+        "pinning": {
+            "servers": f"taskset -c {SERVER_CORE}",
+            "wrk": f"taskset -c {LOAD_CORE}",
+            "registry": f"taskset -c {LOAD_CORE}",
+        },
+    }
+
+
+def table(medians: list[dict[str, Any]], servers: Sequence[str]) -> str:
+    by_key = {(m["server"], m["concurrency"], m["rows"]): m for m in medians}
+    keys = sorted({(m["rows"], m["concurrency"]) for m in medians})
+    width = max(len(s) for s in servers)
+    lines = [
+        f"{'body':>7s} {'c':>3s}  {'server':<{width}s}  {'req/s':>8s} {'p50 ms':>8s} "
+        f"{'p99 ms':>8s} {'cpu us/req':>10s} {'core':>5s}"
+    ]
+    for rows, c in keys:
+        lines.append("")
+        for s in servers:
+            m = by_key.get((s, c, rows))
+            if m:
+                lines.append(
+                    f"{rows:>3d}-row {c:>3d}  {s:<{width}s}  {m['rps']:8.0f} {m['p50_ms']:8.2f} "
+                    f"{m['p99_ms']:8.2f} {m['cpu_us_per_request']:10.0f} "
+                    f"{m['server_core_share']:5.0%}"
+                )
+    return "\n".join(lines)
+
+
+def ratio_table(ratio_rows: list[dict[str, Any]]) -> str:
+    lines = [
+        f"{'':<24s} {'vs':<22s} {'body':>7s} {'c':>3s}  {'req/s':>7s} {'p50':>7s} {'p99':>7s} "
+        f"{'cpu/req':>7s}"
+    ]
+    for r in sorted(
+        ratio_rows, key=lambda r: (r["server"], r["reference"], r["rows"], r["concurrency"])
+    ):
+        lines.append(
+            f"{r['server']:<24s} {r['reference']:<22s} {r['rows']:>3d}-row {r['concurrency']:>3d}"
+            f"  {r['rps']:6.2f}x {r['p50']:6.2f}x {r['p99']:6.2f}x {r['cpu_per_request']:6.2f}x"
+        )
+    return "\n".join(lines)
+
+
+def goal_table(verdicts: list[dict[str, Any]]) -> str:
+    lines = []
+    for v in verdicts:
+        where = f"{v['rows']}-row c={v['concurrency']}" if v["rows"] else ""
+        lines.append(
+            f"  {'PASS' if v['met'] else 'FAIL'}  {v['server']:<24s} {where:<13s} "
+            f"{v['goal']}: {v['measured']:g}"
+        )
+    summary = Counter(v["met"] for v in verdicts)
+    lines.append(f"  {summary[True]} met, {summary[False]} not met")
+    return "\n".join(lines)
+
+
+def write_results(path: Path, update: dict[str, Any]) -> None:
+    """Merge `update` into the JSON at `path` (the other mode's section is kept)."""
+    existing: dict[str, Any] = {}
+    if path.exists():
+        try:
+            existing = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            existing = {}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(existing | update, indent=1) + "\n")
+
+
+# -- modes ---------------------------------------------------------------------------------------
+
+
+def predict_mode_of(process: Process, model: str) -> Any:
+    """How modelyard chose to call the model (inline or in a thread, warm-up time), from /models."""
+    import requests
+
+    served = requests.get(process.base_url + "/models", timeout=10).json()["models"][model]
+    return served["aliases"][ALIAS].get("predict")
+
+
+def main_benchmark(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    """Readiness, then the interleaved load matrix, for one model; prints and returns results."""
+    say = ctx.say
+    say(f"\n== {ctx.model} ({ctx.model_uri})")
+    conditions = machine()
+    readiness = None
+    if args.ready_repeats:
+        say(f"readiness: start to first 200, {args.ready_repeats}x each (pinned to core 0)")
+        readiness = measure_readiness(ctx, args.ready_repeats)
+    say("starting the three servers (one worker each, core 0)")
+    with ExitStack() as stack:
+        processes = {
+            MLFLOW: start_mlflow_serve(ctx.model_uri, ctx.env, ctx.workdir),
+            HANDWRITTEN: start_handwritten(ctx.model_uri, ctx.env, ctx.workdir),
+            MODELYARD: start_modelyard(ctx.env, ctx.workdir, ctx.model),
+        }
+        for process in processes.values():
+            stack.callback(process.stop)
+        for name, process in processes.items():
+            process.wait_ready(READY_PATHS[name])
+        targets = [
+            Target(MLFLOW, processes[MLFLOW], "/invocations"),
+            Target(HANDWRITTEN, processes[HANDWRITTEN], "/invocations"),
+            Target(MODELYARD, processes[MODELYARD], ctx.alias_path),
+            Target(MODELYARD_DEFAULT, processes[MODELYARD], "/invocations"),
+        ]
+        check_answers(targets, ctx.payloads)
+        targets.append(Target(HELLO, processes[HANDWRITTEN], "/hello"))
+        predict_mode = predict_mode_of(processes[MODELYARD], ctx.model)
+        say(f"modelyard's predict mode after warm-up: {predict_mode}")
+        matrix = Matrix(
+            targets, ctx.scripts, args.concurrency, args.repeats, args.duration, args.warmup
+        )
+        say(
+            f"load: {len(targets)} targets x {len(args.concurrency)} concurrencies x "
+            f"{len(ctx.scripts)} bodies x {args.repeats} repetitions x {args.duration} s"
+        )
+        matrix.run(say)
+    medians = matrix.medians()
+    ratio_rows = ratios(medians, (MODELYARD, MODELYARD_DEFAULT), (MLFLOW, HANDWRITTEN, HELLO))
+    verdicts = evaluate(ratio_rows, readiness)
+    say("\nmedians over repetitions")
+    say(table(medians, [t.name for t in targets]))
+    say("\nmodelyard / reference (medians)")
+    say(ratio_table(ratio_rows))
+    if readiness:
+        say(
+            "\nstart to ready, median s: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in readiness["median_s"].items())
+            + f"; modelyard / plain load = {readiness['ratio']:.2f}x"
+        )
+    say("\ngoals")
+    say(goal_table(verdicts))
+    return {
+        "config": {
+            "repeats": args.repeats,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "concurrencies": list(args.concurrency),
+            "bodies": {f"{rows}-row": len(body) for rows, body in ctx.payloads.items()},
+            "model": ctx.model_uri,
+            "wrk": "wrk -t1 -cN -dD --latency --timeout 10s",
+            "targets": {t.name: {"path": t.path, "command": t.process.popen.args} for t in targets},
+            "order": "repetition -> (concurrency, body) -> server, rotating per repetition",
+            "quick": args.quick,
+        },
+        "modelyard_predict_mode": predict_mode,
+        "runs": matrix.runs,
+        "medians": medians,
+        "ratios": ratio_rows,
+        "readiness": readiness,
+        "goals": verdicts,
+        "goals_met": all(v["met"] for v in verdicts),
+        "machine": conditions | {"loadavg_at_end": os.getloadavg()},
+    }
+
+
+def hide_uvloop(workdir: Path) -> str:
+    """A directory whose `uvloop` fails to import: uvicorn's loop "auto" then picks asyncio."""
+    shim = workdir / "no-uvloop" / "uvloop"
+    shim.mkdir(parents=True, exist_ok=True)
+    (shim / "__init__.py").write_text('raise ImportError("hidden by the benchmark")\n')
+    return str(shim.parent)
+
+
+def multi_worker(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    """modelyard with N workers on keep-alive connections, against stock uvicorn as the control.
+
+    uvloop sets TCP_NODELAY on every accepted connection; asyncio's loop does not when uvicorn
+    hands its workers a shared socket, which is where serving/cli.py's fix matters. So each is
+    run under both loops (uvloop hidden from the process for the asyncio runs).
+    """
+    say = ctx.say
+    n = args.workers
+    say(
+        f"multi-worker check: modelyard --workers {n} (uvloop, and asyncio with uvloop hidden), "
+        f"--workers 1, and the hand-written app under stock `uvicorn --workers {n}` "
+        f"(asyncio, uvloop); all on core 0; 1-row body, c=1 and c=8 keep-alive"
+    )
+    path = ctx.alias_path
+    asyncio_env = ctx.env | {"PYTHONPATH": hide_uvloop(ctx.workdir)}
+    starters = {
+        f"modelyard --workers {n}": lambda: start_modelyard(
+            ctx.env, ctx.workdir, ctx.model, workers=n
+        ),
+        f"modelyard --workers {n}, asyncio loop": lambda: start_modelyard(
+            asyncio_env, ctx.workdir, ctx.model, workers=n
+        ),
+        "modelyard --workers 1": lambda: start_modelyard(ctx.env, ctx.workdir, ctx.model),
+        f"uvicorn --workers {n} --loop asyncio (hand-written)": lambda: start_handwritten(
+            ctx.model_uri, ctx.env, ctx.workdir, workers=n, loop="asyncio"
+        ),
+        f"uvicorn --workers {n} --loop uvloop (hand-written)": lambda: start_handwritten(
+            ctx.model_uri, ctx.env, ctx.workdir, workers=n
+        ),
+    }
+    with ExitStack() as stack:
+        processes = {}
+        for name, start in starters.items():
+            processes[name] = start()
+            stack.callback(processes[name].stop)
+            processes[name].name = name
+        targets = []
+        for name, process in processes.items():
+            modelyard = name.startswith(MODELYARD)
+            ready = "/health/ready" if modelyard else "/health"
+            process.wait_ready(ready)
+            wait_every_worker(process, ready)
+            targets.append(Target(name, process, path if modelyard else "/invocations"))
+        one_row = {1: ctx.payloads[1]}
+        check_answers(targets, one_row)
+        matrix = Matrix(
+            targets, {1: ctx.scripts[1]}, (1, 8), args.repeats, args.duration, args.warmup
+        )
+        matrix.run(say)
+    medians = matrix.medians()
+    for m in medians:
+        m["delayed_ack_stall"] = m["p50_ms"] >= STALL_MS
+    say("\nmedians over repetitions")
+    say(table(medians, [t.name for t in targets]))
+    stalls = [m for m in medians if m["delayed_ack_stall"]]
+    say(
+        "\n"
+        + (
+            f"delayed-ACK stalls (p50 >= {STALL_MS:g} ms): "
+            + ", ".join(f"{m['server']} c={m['concurrency']}" for m in stalls)
+            if stalls
+            else f"no delayed-ACK stall: every p50 < {STALL_MS:g} ms"
+        )
+    )
+    mine = [m for m in medians if m["server"].startswith(f"modelyard --workers {n}")]
+    return {
+        "multi_worker": {
+            "workers": n,
+            "concurrencies": [1, 8],
+            "rows": 1,
+            "repeats": args.repeats,
+            "duration_s": args.duration,
+            "loadavg_at_start": os.getloadavg(),
+            "runs": matrix.runs,
+            "medians": medians,
+            "modelyard_p50_ms": {f"{m['server']}, c={m['concurrency']}": m["p50_ms"] for m in mine},
+            "modelyard_stall": any(m["delayed_ack_stall"] for m in mine),
+            "note": "all workers pinned to core 0; a keep-alive p50 near 40 ms means responses "
+            "waiting for the client's delayed ACK (no TCP_NODELAY on the accepted socket)",
+        }
+    }
+
+
+def wait_every_worker(process: Process, path: str, in_a_row: int = 40) -> None:
+    """Each worker loads on its own: wait until `in_a_row` fresh connections all get 200."""
+    deadline, streak = time.monotonic() + 180, 0
+    while streak < in_a_row:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"error: {process.name} not ready on every worker\n{process.tail()}")
+        streak = streak + 1 if http_status(process.base_url + path) == 200 else 0
+        time.sleep(0.05)
+
+
+@dataclass
+class Context:
+    """What every mode shares: the registry, the model version, bodies and wrk scripts."""
+
+    workdir: Path
+    model: str
+    model_uri: str
+    env: dict[str, str]
+    payloads: dict[int, bytes]
+    scripts: dict[int, Path]
+
+    @property
+    def alias_path(self) -> str:
+        """modelyard's path for the model's production alias."""
+        return f"/models/{self.model}/aliases/{ALIAS}/invocations"
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="repetitions of every run")
+    parser.add_argument("--duration", type=int, default=6, help="seconds per wrk run")
+    parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per server")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCIES))
+    parser.add_argument(
+        "--ready-repeats",
+        type=int,
+        default=3,
+        help="start-to-ready measurements per server (0 skips them)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 1 repetition of 2 s, JSON to a temporary file",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="N > 1: only the multi-worker latency check with N workers",
+    )
+    parser.add_argument(
+        "--model",
+        nargs="+",
+        choices=MODELS,
+        default=list(MODELS),
+        help="models to benchmark, one after the other (multi-worker mode: the first)",
+    )
+    parser.add_argument("--output", type=Path, default=None, help=f"default {RESULTS}")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.duration, args.warmup, args.ready_repeats = 1, 2, 1, 1
+        if args.output is None:
+            args.output = Path(tempfile.gettempdir()) / "modelyard-bench-quick.json"
+    args.output = args.output or RESULTS
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    require_wrk()
+    info = machine()
+    print(
+        f"{info['cpu_model']}, {info['cpu_count']} cpus, python {info['python']}, mlflow "
+        f"{info['versions']['mlflow']}, uvicorn {info['versions']['uvicorn']}; load average "
+        f"{info['loadavg_at_start'][0]:.2f}",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory(prefix="modelyard-bench-") as tmp:
+        workdir = Path(tmp)
+        print("starting the registry (moto S3 + mlflow server, core 1)", flush=True)
+        with registry(workdir, LOAD_CORE) as tracking_uri:
+            contexts = []
+            for model in args.model:
+                print(f"training and registering {model}", flush=True)
+                model_uri = f"models:/{model}/{train_model(tracking_uri, model)}"
+                payloads = bodies(model)
+                scripts = {
+                    rows: lua_script(b, workdir, f"{model}-{rows}") for rows, b in payloads.items()
+                }
+                env = base_env(tracking_uri)
+                if model != "cancer-classifier":  # the sklearn flavour loads through skops
+                    env["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "true"
+                contexts.append(Context(workdir, model, model_uri, env, payloads, scripts))
+            if args.workers > 1:
+                update = multi_worker(args, contexts[0])
+            else:
+                update = {ctx.model: main_benchmark(args, ctx) for ctx in contexts}
+    write_results(args.output, update)
+    print(f"\nwrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
