@@ -59,7 +59,7 @@ def encode(predictions: Any) -> bytes:
     """`{"predictions": ...}` as MLflow writes it (a DataFrame as records)."""
     if isinstance(predictions, pd.DataFrame):
         names = [str(c) for c in predictions.columns]
-        columns = [predictions[c].tolist() for c in predictions.columns]
+        columns = [column.tolist() for _, column in predictions.items()]
         body: Any = [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
     elif isinstance(predictions, np.ndarray):
         body = predictions.tolist()

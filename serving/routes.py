@@ -19,7 +19,7 @@ router = APIRouter()
 request_log = logging.getLogger("serving.requests")
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
     """The process's Service, created by the lifespan."""
     return request.app.state.service  # type: ignore[no-any-return]
 
