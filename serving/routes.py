@@ -20,7 +20,8 @@ request_log = logging.getLogger("serving.requests")
 
 
 async def get_service(request: Request) -> Service:
-    """The process's Service, created by the lifespan."""
+    """The process's Service, created by the lifespan (async: FastAPI runs a plain function
+    dependency in its thread pool, a thread hop on every request)."""
     return request.app.state.service  # type: ignore[no-any-return]
 
 
