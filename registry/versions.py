@@ -30,13 +30,16 @@ def resolve(client: MlflowClient, name: str, alias: str) -> ModelRef:
 
 def get(client: MlflowClient, name: str, version: str) -> ModelRef:
     """The reference for an exact version, checked to exist."""
+    return _ref(_model_version(client, name, version), None)
+
+
+def _model_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
     try:
-        found = client.get_model_version(name, version)
+        return client.get_model_version(name, version)
     except MlflowException as exc:
         if exc.error_code != _NOT_FOUND:
             raise
         raise VersionNotFound(name, version) from exc
-    return _ref(found, None)
 
 
 def find(client: MlflowClient, name: str, alias_or_version: str) -> ModelRef:
@@ -99,12 +102,7 @@ def _ref(version: ModelVersion, alias: str | None) -> ModelRef:
 
 def get_ready(client: MlflowClient, name: str, version: str) -> ModelRef:
     """The reference for an exact version, only if its status is READY (never waits)."""
-    try:
-        found = client.get_model_version(name, version)
-    except MlflowException as exc:
-        if exc.error_code != _NOT_FOUND:
-            raise
-        raise ModelNotFound(f"{name} version {version}") from exc
+    found = _model_version(client, name, version)
     if found.status != "READY":
         raise VersionNotReady(name, version, found.status)
     return _ref(found, None)

@@ -18,7 +18,7 @@ from moto.server import ThreadedMotoServer
 from registry.refs import ModelRef
 from serving.app import create_app
 from serving.settings import ServingSettings
-from tests.servers import S3_ENV, free_port, start_mlflow, stop
+from tests.servers import S3_ENV, free_port, restoring_tracking_uri, start_mlflow, stop
 from training.run import TrainSpec, train
 
 BUCKET = "modelyard-test"
@@ -50,13 +50,9 @@ def s3() -> Iterator[S3]:
 def tracking_uri(s3: S3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` on SQLite with artifacts proxied to the S3 bucket."""
     uri, process = start_mlflow(tmp_path_factory.mktemp("mlflow"), s3.endpoint, BUCKET)
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    yield uri
-    if previous is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = previous
+    with restoring_tracking_uri():
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        yield uri
     stop(process)
 
 

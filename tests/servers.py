@@ -6,9 +6,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import mlflow
 import requests
+from mlflow.tracking._tracking_service import utils as tracking_utils
 
 S3_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -96,3 +100,21 @@ def stop(process: subprocess.Popen[bytes], grace_s: float = 20) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+@contextmanager
+def restoring_tracking_uri() -> Iterator[None]:
+    """Afterwards, MLFLOW_TRACKING_URI and mlflow's process-wide tracking URI as they were.
+
+    Training points this process's MLflow at its server; other tests must not inherit it.
+    """
+    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+    previous_global = tracking_utils._tracking_uri
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous_global)
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env

@@ -18,15 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import mlflow
 import pytest
 import requests
 from mlflow.tracking import MlflowClient
-from mlflow.tracking._tracking_service import utils as tracking_utils
 
 from tests.conftest import wait_until
 from tests.postgres import INSTALL_HINT, Postgres, find_bindir, start_postgres
-from tests.servers import S3_ENV, free_port, start_mlflow, stop, wait_http
+from tests.servers import (
+    S3_ENV,
+    free_port,
+    restoring_tracking_uri,
+    start_mlflow,
+    stop,
+    wait_http,
+)
 from training.datasets import load_split
 from training.run import TrainSpec, train
 
@@ -103,19 +108,12 @@ def registry_uri(
     uri, process = start_mlflow(
         tmp_path_factory.mktemp("mlflow"), object_store, BUCKET, postgres.url("mlflow")
     )
-    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
-    previous_global = tracking_utils._tracking_uri
     try:
-        train(TrainSpec("sklearn", model_name=MODEL, alias="production"), uri)
-        train(TrainSpec("torch", model_name=MODEL, epochs=50), uri)
-        yield uri
+        with restoring_tracking_uri():
+            train(TrainSpec("sklearn", model_name=MODEL, alias="production"), uri)
+            train(TrainSpec("torch", model_name=MODEL, epochs=50), uri)
+            yield uri
     finally:
-        # Training points this process's MLflow at the server; other tests must not inherit it.
-        mlflow.set_tracking_uri(previous_global)
-        if previous_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous_env
         stop(process)
 
 
