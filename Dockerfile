@@ -17,6 +17,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY modelyard ./modelyard
 COPY registry ./registry
+COPY gates ./gates
 COPY serving ./serving
 COPY training ./training
 RUN --mount=type=cache,target=/root/.cache/pip pip install .

@@ -7,7 +7,9 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from registry.cli import gate, history, promote, rollback
+from gates.cli import gate
+from registry.cli import history, promote, rollback
+from registry.client import bound_http_calls
 from serving.cli import serve
 from training.cli import app as train_app
 
@@ -31,6 +33,7 @@ def up() -> None:
     from modelyard.stack import Stack, wait_forever
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    bound_http_calls(timeout_s=30, retries=2)
     try:
         settings = StackSettings()
     except ValidationError as exc:

@@ -15,11 +15,12 @@ DEMO_MODELS = (
 
 def seed_if_empty(tracking_uri: str, say: Callable[[str], None]) -> bool:
     """Train and register the demo models unless the registry already holds a model."""
-    if connect(tracking_uri).search_registered_models(max_results=1):
+    client = connect(tracking_uri)
+    if client.search_registered_models(max_results=1):
         say("      registry already holds models: keeping them")
         return False
     for number, spec in enumerate(DEMO_MODELS, start=1):
         say(f"      [{number}/{len(DEMO_MODELS)}] {spec.framework} on {spec.dataset}")
-        ref = train(spec, tracking_uri)
+        ref = train(spec, client)
         say(f"            registered {ref}")
     return True

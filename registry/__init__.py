@@ -1,1 +1,2 @@
-"""The only code that talks to MLflow: resolve, register, load, promote, history, gates."""
+"""The only code that talks to MLflow: resolve, load, register, promote, history, runs, and
+the contract every package shares (tasks, output columns, holdout, compatibility)."""

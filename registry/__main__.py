@@ -1,4 +1,4 @@
-"""`python -m registry`: gate, promote, rollback, history (the same as under `modelyard`)."""
+"""`python -m registry`: promote, rollback, history (the same as under `modelyard`)."""
 
 from registry.cli import app
 

@@ -1,19 +1,19 @@
-"""`modelyard gate|promote|rollback|history` (also `python -m registry`).
+"""`modelyard promote|rollback|history` (also `python -m registry`).
 
-Exit codes: 0 done (gate passed); 1 refused (gate failed, alias moved meanwhile, nothing to
-roll back); 2 could not do it (bad policy or data, unknown model, registry unreachable). The
-reason goes to stderr, never a traceback.
+Exit codes: 0 done; 1 refused (alias moved meanwhile, nothing to roll back); 2 could not do it
+(unknown model, registry unreachable). The reason goes to stderr, never a traceback.
 """
 
 import logging
 import os
-from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 
+from registry.client import bound_http_calls
+
 app = typer.Typer(
-    help="Evaluation gates and alias moves with history.",
+    help="Alias moves with history.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
@@ -23,64 +23,6 @@ logger = logging.getLogger(__name__)
 Name = Annotated[str, typer.Argument(help="Registered model name.", show_default=False)]
 AliasOption = Annotated[str, typer.Option("--alias", help="The alias to move.", show_default=False)]
 Reason = Annotated[str, typer.Option(help="Why: recorded in the alias history.")]
-
-
-@app.command()
-def gate(
-    name: Name,
-    candidate: Annotated[
-        str, typer.Option(help="Alias or version number of the candidate.")
-    ] = "staging",
-    baseline: Annotated[
-        str,
-        typer.Option(
-            help="Alias or version number to compare against; an alias that does not exist "
-            "yet means no baseline (absolute bounds only)."
-        ),
-    ] = "production",
-    policy: Annotated[Path, typer.Option(help="Gate policy (YAML).")] = Path("gate.yaml"),
-    data: Annotated[
-        Path | None,
-        typer.Option(
-            help="Evaluation data, CSV or Parquet, when the policy pins none "
-            "(default: the holdout of the baseline's training run)."
-        ),
-    ] = None,
-    report_dir: Annotated[
-        Path, typer.Option(help="Where the JSON and Markdown reports go.")
-    ] = Path("reports"),
-    promote_alias: Annotated[
-        str | None,
-        typer.Option("--promote", help="Move this alias to the candidate if the gate passes."),
-    ] = None,
-) -> None:
-    """Evaluation gate for CI: exit 0 pass, 1 fail, 2 could not evaluate."""
-    _quiet_mlflow()
-    try:
-        from registry import gate as gates
-        from registry import policy as policies
-        from registry.client import connect
-
-        parsed, digest = policies.load(policy)
-        spec = gates.GateSpec(
-            name=name,
-            candidate=candidate,
-            baseline=baseline,
-            policy=parsed,
-            policy_path=policy,
-            policy_sha256=digest,
-            data=data,
-            report_dir=report_dir,
-            promote=promote_alias,
-        )
-        outcome = gates.run(connect(), spec)
-    except Exception as exc:  # CI must see "could not evaluate", not a traceback
-        _exit(_could_not("evaluate", exc), 2)
-    from registry.reports import render_text
-
-    typer.echo(render_text(outcome.report), nl=False)
-    typer.echo(f"reports: {outcome.markdown_path} {outcome.json_path}")
-    raise typer.Exit(outcome.exit_code)
 
 
 @app.command()
@@ -105,7 +47,7 @@ def promote(
     for option, value in (("--version", version), ("--expect", expect)):
         if value is not None and not value.isdigit():
             raise typer.BadParameter("a version number", param_hint=option)
-    _quiet_mlflow()
+    quiet_mlflow()
     from registry import history as alias_history
     from registry import versions
     from registry.client import connect
@@ -118,9 +60,9 @@ def promote(
             reason = reason or f"copied from alias '{from_alias}'"
         move = alias_history.promote(client, name, alias, version, expect=expect, reason=reason)
     except StaleAlias as exc:
-        _exit(str(exc), 1)
+        exit_with(str(exc), 1)
     except Exception as exc:
-        _exit(_could_not("promote", exc), 2)
+        exit_with(could_not("promote", exc), 2)
     if move is None:
         typer.echo(f"{name}@{alias} already names version {version}: nothing to do")
     else:
@@ -130,7 +72,7 @@ def promote(
 @app.command()
 def rollback(name: Name, alias: AliasOption, reason: Reason = "") -> None:
     """Move an alias back to the version it named before its last recorded move."""
-    _quiet_mlflow()
+    quiet_mlflow()
     from registry import history as alias_history
     from registry.client import connect
     from registry.errors import NothingToRollBack, StaleAlias
@@ -138,9 +80,9 @@ def rollback(name: Name, alias: AliasOption, reason: Reason = "") -> None:
     try:
         move = alias_history.rollback(connect(), name, alias, reason=reason)
     except (NothingToRollBack, StaleAlias) as exc:
-        _exit(str(exc), 1)
+        exit_with(str(exc), 1)
     except Exception as exc:
-        _exit(_could_not("roll back", exc), 2)
+        exit_with(could_not("roll back", exc), 2)
     typer.echo(f"{name}@{alias}: {move.from_version or '(none)'} -> {move.to_version} (rollback)")
 
 
@@ -151,14 +93,14 @@ def history(
     limit: Annotated[int, typer.Option(min=1, help="Show the latest N moves.")] = 20,
 ) -> None:
     """Print the recorded alias moves of a model, newest last."""
-    _quiet_mlflow()
+    quiet_mlflow()
     from registry import history as alias_history
     from registry.client import connect
 
     try:
         aliases, moves = alias_history.read(connect(), name)
     except Exception as exc:
-        _exit(_could_not("read the history", exc), 2)
+        exit_with(could_not("read the history", exc), 2)
     shown = [m for m in moves if alias is None or m.alias == alias][-limit:]
     rows = [("when (UTC)", "alias", "from", "to", "kind", "actor", "reason")]
     rows += [
@@ -178,22 +120,26 @@ def history(
             )
 
 
-def _quiet_mlflow() -> None:
-    """Keep stdout for our own output: no run links or progress bars from MLflow."""
+def quiet_mlflow() -> None:
+    """Entry point set-up: stdout kept for our own output (no run links or progress bars from
+    MLflow), warnings on stderr, registry calls bounded (10 s, 2 retries)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    bound_http_calls(timeout_s=10, retries=2)
 
 
-def _could_not(what: str, exc: Exception) -> str:
+def could_not(what: str, exc: Exception, known: tuple[type[Exception], ...] = ()) -> str:
+    """The reason to print: a known error's own message, else its type and text."""
     from registry.errors import RegistryError
 
-    if isinstance(exc, RegistryError):
+    if isinstance(exc, (RegistryError, *known)):
         return str(exc)
     logger.debug("could not %s", what, exc_info=exc)
     return f"could not {what}: {type(exc).__name__}: {exc}"
 
 
-def _exit(message: str, code: int) -> NoReturn:
+def exit_with(message: str, code: int) -> NoReturn:
+    """Print the error to stderr and exit with `code`."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)

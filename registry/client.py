@@ -2,26 +2,37 @@
 
 import math
 import os
+from typing import TypeAlias
 
 import requests
 from mlflow.tracking import MlflowClient
 
 from registry.errors import RegistryUnavailable
 
+Client: TypeAlias = MlflowClient
+"""The registry client callers pass around, built by `connect`."""
 
-def connect(
-    tracking_uri: str | None = None, *, timeout_s: float = 10, retries: int = 2
-) -> MlflowClient:
+
+def connect(tracking_uri: str | None = None, *, check_timeout_s: float = 10) -> MlflowClient:
     """An MlflowClient for `tracking_uri` (default: MLFLOW_TRACKING_URI), checked reachable.
 
-    MLflow reads its HTTP timeout and retry count from the environment on every call; unless
-    the user set them, bound them here so a hanging server cannot stall a caller for minutes.
+    How long each of its calls may take is MLflow's own process-wide setting, which entry
+    points set once with `bound_http_calls`.
+    """
+    client = MlflowClient(tracking_uri)
+    check_reachable(client.tracking_uri, timeout_s=check_timeout_s)
+    return client
+
+
+def bound_http_calls(timeout_s: float, retries: int) -> None:
+    """For entry points, once at start: bound every MLflow HTTP call of this process.
+
+    MLflow reads its timeout and retry count from the environment on every call and has no
+    per-client setting; without a bound a hanging server stalls a caller for minutes. A value
+    the user set in MLFLOW_HTTP_REQUEST_TIMEOUT or MLFLOW_HTTP_REQUEST_MAX_RETRIES wins.
     """
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, math.ceil(timeout_s))))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
-    client = MlflowClient(tracking_uri)
-    check_reachable(client.tracking_uri, timeout_s=timeout_s)
-    return client
 
 
 def check_reachable(tracking_uri: str, *, timeout_s: float = 5) -> None:

@@ -73,31 +73,9 @@ class NothingToRollBack(RegistryError):
         self.alias = alias
 
 
-class PolicyError(RegistryError):
-    """A gate policy file is malformed; each problem names its 1-based line (0: the file)."""
+class ArtifactUnavailable(RegistryError):
+    """An artifact could not be downloaded (missing, or the store refused)."""
 
-    def __init__(self, source: str, problems: list[tuple[int, str]]) -> None:
-        super().__init__(
-            "\n".join(
-                f"{source}:{line}: {message}" if line else f"{source}: {message}"
-                for line, message in problems
-            )
-        )
-        self.source = source
-        self.problems = problems
-
-
-class EvaluationError(RegistryError):
-    """A gate could not evaluate the candidate (bad data, unloadable baseline, ...)."""
-
-
-class DatasetMismatch(EvaluationError):
-    """A pinned evaluation dataset's content differs from the sha256 the policy pins."""
-
-    def __init__(self, uri: str, expected: str, actual: str) -> None:
-        super().__init__(
-            f"evaluation dataset {uri} has sha256 {actual}, but the policy pins {expected}"
-        )
+    def __init__(self, uri: str, reason: str) -> None:
+        super().__init__(f"cannot download {uri}: {reason}")
         self.uri = uri
-        self.expected = expected
-        self.actual = actual

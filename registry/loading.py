@@ -4,13 +4,19 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import TypeAlias
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PyFuncModel
 
+from registry.errors import ArtifactUnavailable
 from registry.refs import ModelRef
 
 logger = logging.getLogger(__name__)
+
+PyFunc: TypeAlias = PyFuncModel
+"""A loaded model version, as MLflow's pyfunc flavour presents it."""
 
 
 def private_dir(base: Path | None) -> Path:
@@ -33,3 +39,14 @@ def load(ref: ModelRef, cache_dir: Path, tracking_uri: str | None = None) -> PyF
     logger.info("loading %s from %s", ref, destination)
     model: PyFuncModel = mlflow.pyfunc.load_model(str(destination))
     return model
+
+
+def fetch_artifact(uri: str, directory: Path, tracking_uri: str | None = None) -> Path:
+    """Download one artifact (`runs:/...`, `models:/...`, `s3://...`) under `directory`."""
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=uri, dst_path=str(directory), tracking_uri=tracking_uri
+        )
+    except MlflowException as exc:
+        raise ArtifactUnavailable(uri, exc.message) from exc
+    return Path(local)

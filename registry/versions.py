@@ -106,3 +106,9 @@ def get_ready(client: MlflowClient, name: str, version: str) -> ModelRef:
     if found.status != "READY":
         raise VersionNotReady(name, version, found.status)
     return _ref(found, None)
+
+
+def tag(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:
+    """Set tags on one model version."""
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 from uvicorn.supervisors import Multiprocess
 
+from registry.client import bound_http_calls
 from serving.settings import ServingSettings
 
 APP = "serving.app:create_app"
@@ -24,13 +25,15 @@ def serve(
 ) -> None:
     """Serve every registered model with a `production` alias (see MODELYARD_* settings)."""
     try:
-        ServingSettings()
+        settings = ServingSettings()
     except (ValidationError, ValueError, SettingsError) as exc:
         for line in settings_errors(exc):
             typer.echo(f"error: {line}", err=True)
         raise typer.Exit(2) from exc
     # A model artifact is code: refuse pickled models unless the operator allows them.
     os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    # The watcher polls again soon: a registry call is never retried, only bounded.
+    bound_http_calls(timeout_s=settings.registry_timeout_s, retries=0)
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="modelyard-metrics-")
     config = _NoDelayConfig(

@@ -16,6 +16,7 @@ from mlflow.pyfunc import PyFuncModel
 from mlflow.pyfunc.model import _PythonModelPyfuncWrapper
 from mlflow.types import Schema
 
+from registry import contract
 from registry.refs import ModelRef
 from serving import protocol
 from serving.errors import InvalidInput
@@ -46,18 +47,8 @@ class LoadedModel:
     inline: bool = False
     warmup_ms: float = 0.0
     load_s: float = 0.0
-    output_columns: tuple[str, ...] | None = None
-    """Columns of the DataFrame the version answered its input example with."""
-
-    @property
-    def input_names(self) -> list[str] | None:
-        """Named inputs of the signature, if it has names."""
-        return _names(self.schema)
-
-    @property
-    def output_names(self) -> list[str] | None:
-        """Named outputs of the signature, if it has names."""
-        return _names(self.pyfunc.metadata.get_output_schema())
+    interface: contract.Interface | None = None
+    """Its signatures and the columns it answered its input example with."""
 
     def predict(self, request: protocol.Decoded) -> Any:
         """Predict on a decoded request: straight into the model when validated here."""
@@ -96,7 +87,9 @@ def prepare(
     example = _example(pyfunc, spec)
     if example is None:
         logger.warning("%s has no input example: not warmed up, predicting in a thread", ref)
-        return replace(model, load_s=time.monotonic() - started)
+        return replace(
+            model, load_s=time.monotonic() - started, interface=contract.interface_of(pyfunc)
+        )
     timings: list[float] = []
     try:
         deadline = time.perf_counter() + WARMUP_BUDGET_S
@@ -116,16 +109,8 @@ def prepare(
         inline=min(timings) < inline_below_ms,
         warmup_ms=median,
         load_s=time.monotonic() - started,
-        output_columns=tuple(map(str, output.columns))
-        if isinstance(output, pd.DataFrame)
-        else None,
+        interface=contract.interface_of(pyfunc, output),
     )
-
-
-def _names(schema: Schema | None) -> list[str] | None:
-    if schema is None or not schema.has_input_names():
-        return None
-    return [str(name) for name in schema.input_names()]
 
 
 def _example(pyfunc: PyFuncModel, spec: InputSpec | None) -> protocol.Decoded | None:

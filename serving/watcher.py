@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from registry import loading, snapshot, versions
+from registry import contract, loading, snapshot, versions
 from registry.client import connect
 from registry.snapshot import ModelState
 from serving import traffic
@@ -85,7 +85,7 @@ class Watcher:
 
     def _read(self) -> dict[str, ModelState]:
         if self._client is None:
-            self._client = connect(timeout_s=self.settings.registry_timeout_s, retries=0)
+            self._client = connect(check_timeout_s=self.settings.registry_timeout_s)
         return snapshot.read(self._client)
 
     def _apply(self, states: dict[str, ModelState]) -> None:
@@ -143,7 +143,7 @@ class Watcher:
             logger.info("loading %s@%s version %s", slot.model, slot.alias, target)
             try:
                 loaded = await asyncio.to_thread(self._load, slot, target)
-                _check_contract(slot.current, loaded)
+                check_contract(slot.current, loaded)
             except Exception as exc:
                 slot.loading = None
                 reason = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
@@ -232,14 +232,13 @@ def _config_split(settings: ServingSettings, name: str) -> traffic.TrafficSplit:
     return traffic.TrafficSplit({settings.required_alias: 1.0}, "", "default")
 
 
-def _check_contract(current: LoadedModel | None, new: LoadedModel) -> None:
-    """The new version must take the same named inputs and answer in the same shape."""
-    if current is None:
+def check_contract(current: LoadedModel | None, new: LoadedModel) -> None:
+    """The new version may replace the current one only if it breaks none of its clients: the
+    same rule the gate applies (registry.contract)."""
+    if current is None or current.interface is None or new.interface is None:
         return
-    old = current.ref.version
-    if new.input_names != current.input_names:
-        raise ContractBroken(f"inputs differ from version {old}: {new.input_names}")
-    if (new.output_names, new.output_columns) != (current.output_names, current.output_columns):
+    problems = contract.breaks(current.interface, new.interface)
+    if problems:
         raise ContractBroken(
-            f"outputs differ from version {old}: {new.output_columns or new.output_names}"
+            f"breaks clients of version {current.ref.version}: " + "; ".join(problems)
         )

@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from moto.server import ThreadedMotoServer
 
+from registry.client import connect
 from registry.refs import ModelRef
 from serving.app import create_app
 from serving.settings import ServingSettings
@@ -71,9 +72,13 @@ def demo_registry(tracking_uri: str) -> DemoRegistry:
     """cancer-classifier: scikit-learn @production, PyTorch @staging; diabetes-regressor."""
     return DemoRegistry(
         tracking_uri,
-        classifier_sklearn=train(TrainSpec("sklearn", alias="production"), tracking_uri),
-        classifier_torch=train(TrainSpec("torch", alias="staging", epochs=100), tracking_uri),
-        regressor=train(TrainSpec("sklearn", dataset="diabetes", alias="production"), tracking_uri),
+        classifier_sklearn=train(TrainSpec("sklearn", alias="production"), connect(tracking_uri)),
+        classifier_torch=train(
+            TrainSpec("torch", alias="staging", epochs=100), connect(tracking_uri)
+        ),
+        regressor=train(
+            TrainSpec("sklearn", dataset="diabetes", alias="production"), connect(tracking_uri)
+        ),
     )
 
 

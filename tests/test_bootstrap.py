@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from registry.bootstrap import Interval, improvements, weighted_metrics
-from registry.metrics import METRICS_BY_TASK, compute
+from gates.bootstrap import Interval, improvements, weighted_metrics
+from registry.quality import METRICS_BY_TASK, compute
 
 CLASSIFICATION = METRICS_BY_TASK["classification"]
 

@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from registry.errors import DatasetMismatch, EvaluationError
-from registry.evaluation import HOLDOUT_ARTIFACT, check_target, choose, fetch
-from registry.policy import DataRule
+from gates.errors import DatasetMismatch, EvaluationError
+from gates.evaluation import check_target, choose, fetch
+from gates.policy import DataRule
+from registry.contract import HOLDOUT_ARTIFACT
 from registry.refs import ModelRef
 
 BASELINE = ModelRef("m", "1", run_id="abc")

@@ -5,6 +5,7 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
+from registry.client import connect
 from serving.app import create_app
 from serving.settings import ServingSettings
 from tests.conftest import wait_until
@@ -16,8 +17,10 @@ RAISE_ON = 12345.0
 
 @pytest.fixture(scope="module")
 def client(tracking_uri: str) -> Iterator[TestClient]:
-    register_fault_model("slow-clf", tracking_uri, alias="production", predict_delay_s=0.6)
-    register_fault_model("raising-clf", tracking_uri, alias="production", raise_on=RAISE_ON)
+    register_fault_model("slow-clf", connect(tracking_uri), alias="production", predict_delay_s=0.6)
+    register_fault_model(
+        "raising-clf", connect(tracking_uri), alias="production", raise_on=RAISE_ON
+    )
     settings = ServingSettings(
         models=["slow-clf", "raising-clf"], aliases=["production"], predict_timeout_s=0.2
     )

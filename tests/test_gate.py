@@ -13,13 +13,14 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 from typer.testing import CliRunner
 
+from gates.evaluation import sha256_of
+from gates.gate import EXPERIMENT, RUN_ID_TAG, VERDICT_TAG, GateSpec, promote_if_passed
+from gates.policy import load
+from gates.verdict import Check, Verdict
 from registry import history, versions
 from registry.cli import app
-from registry.evaluation import sha256_of
-from registry.gate import EXPERIMENT, RUN_ID_TAG, VERDICT_TAG, GateSpec, promote_if_passed
-from registry.policy import load
+from registry.client import connect
 from registry.refs import ModelRef
-from registry.verdict import Check, Verdict
 from tests.conftest import DemoRegistry
 from training.datasets import load_split
 from training.run import TrainSpec, train
@@ -124,7 +125,7 @@ def models(demo_registry: DemoRegistry, tmp_path_factory: pytest.TempPathFactory
     baseline = _copy_version(client, demo_registry.classifier_sklearn)
     good = _copy_version(client, demo_registry.classifier_torch)
     spec = TrainSpec("sklearn", model_name=MODEL, experiment="gate-tests", shuffle_labels=True)
-    useless = train(spec, uri)
+    useless = train(spec, connect(uri))
     tmp = tmp_path_factory.mktemp("probe")
     return GateModels(
         baseline,

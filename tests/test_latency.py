@@ -4,7 +4,7 @@ import time
 
 import pandas as pd
 
-from registry.latency import measure
+from gates.latency import measure
 
 FRAME = pd.DataFrame({"x": range(200)})
 

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from registry.errors import PolicyError
-from registry.metrics import HIGHER_IS_BETTER
-from registry.policy import METRIC_NAMES, load, parse
+from gates.errors import PolicyError
+from gates.policy import METRIC_NAMES, load, parse
+from registry.quality import HIGHER_IS_BETTER
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -22,6 +22,7 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
+from registry.client import connect
 from tests.conftest import wait_until
 from tests.postgres import INSTALL_HINT, Postgres, find_bindir, start_postgres
 from tests.servers import (
@@ -110,8 +111,8 @@ def registry_uri(
     )
     try:
         with restoring_tracking_uri():
-            train(TrainSpec("sklearn", model_name=MODEL, alias="production"), uri)
-            train(TrainSpec("torch", model_name=MODEL, epochs=50), uri)
+            train(TrainSpec("sklearn", model_name=MODEL, alias="production"), connect(uri))
+            train(TrainSpec("torch", model_name=MODEL, epochs=50), connect(uri))
             yield uri
     finally:
         stop(process)

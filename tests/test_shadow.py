@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from registry.client import connect
 from serving.app import create_app
 from serving.settings import ServingSettings
 from tests.conftest import wait_until
@@ -16,8 +17,8 @@ FLIP = 0.3
 
 @pytest.fixture(scope="module")
 def client(tracking_uri: str):
-    register_fault_model(MODEL, tracking_uri, alias="production")
-    register_fault_model(MODEL, tracking_uri, alias="staging", flip_fraction=FLIP)
+    register_fault_model(MODEL, connect(tracking_uri), alias="production")
+    register_fault_model(MODEL, connect(tracking_uri), alias="staging", flip_fraction=FLIP)
     settings = ServingSettings(models=[MODEL], poll_interval_s=0.3, shadow={MODEL: 1.0})
     with TestClient(create_app(settings)) as test_client:
         wait_until(lambda: _states(test_client) == ["ready", "ready"], what="both aliases")

@@ -9,13 +9,16 @@ import time
 
 import requests
 
+from registry.client import connect
 from tests.servers import free_port, wait_http
 from training.datasets import load_split
 from training.faults import register_fault_model
 
 
 def test_sigterm_lets_in_flight_requests_finish(tracking_uri: str):
-    register_fault_model("drain-clf", tracking_uri, alias="production", predict_delay_s=1.5)
+    register_fault_model(
+        "drain-clf", connect(tracking_uri), alias="production", predict_delay_s=1.5
+    )
     port = free_port()
     env = os.environ | {
         "MLFLOW_TRACKING_URI": tracking_uri,

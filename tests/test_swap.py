@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
 
+from registry.client import connect
 from registry.refs import ModelRef
 from serving.app import create_app
 from serving.settings import ServingSettings
@@ -40,12 +41,16 @@ class Versions:
 @pytest.fixture(scope="module")
 def versions(tracking_uri: str) -> Versions:
     return Versions(
-        sklearn=train(TrainSpec("sklearn", model_name=MODEL, alias="production"), tracking_uri),
-        torch=train(TrainSpec("torch", model_name=MODEL, alias="staging", epochs=50), tracking_uri),
-        corrupt=register_fault_model(MODEL, tracking_uri, fail_predict=True),
-        fault_ok=register_fault_model(MODEL, tracking_uri, load_delay_s=0.5),
+        sklearn=train(
+            TrainSpec("sklearn", model_name=MODEL, alias="production"), connect(tracking_uri)
+        ),
+        torch=train(
+            TrainSpec("torch", model_name=MODEL, alias="staging", epochs=50), connect(tracking_uri)
+        ),
+        corrupt=register_fault_model(MODEL, connect(tracking_uri), fail_predict=True),
+        fault_ok=register_fault_model(MODEL, connect(tracking_uri), load_delay_s=0.5),
         other_contract=train(
-            TrainSpec("sklearn", dataset="diabetes", model_name=MODEL), tracking_uri
+            TrainSpec("sklearn", dataset="diabetes", model_name=MODEL), connect(tracking_uri)
         ),
     )
 

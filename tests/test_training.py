@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from modelyard.cli import app
-from registry.evaluation import HOLDOUT_ARTIFACT
+from registry.contract import HOLDOUT_ARTIFACT
 from tests.conftest import BUCKET, S3, DemoRegistry
 from training import models
 from training.datasets import TARGET, load_split

@@ -2,11 +2,10 @@
 
 import json
 
-from registry.bootstrap import Interval
-from registry.latency import Latency
-from registry.policy import parse
-from registry.refs import ModelRef
-from registry.reports import (
+from gates.bootstrap import Interval
+from gates.latency import Latency
+from gates.policy import parse
+from gates.reports import (
     COLUMNS,
     DataSummary,
     Report,
@@ -17,7 +16,8 @@ from registry.reports import (
     rows,
     summary,
 )
-from registry.verdict import Evidence, Verdict, judge
+from gates.verdict import Evidence, Verdict, judge
+from registry.refs import ModelRef
 
 POLICY = parse(
     """\

@@ -78,13 +78,15 @@ def torch(
 
 
 def _train(tracking_uri: str | None, **options: object) -> None:
+    from registry.client import bound_http_calls, connect
     from training.run import TrainSpec, train
 
     if options["dataset"] not in NAMES:
         raise typer.BadParameter(f"choose one of: {', '.join(NAMES)}", param_hint="--dataset")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    bound_http_calls(timeout_s=30, retries=2)
     try:
-        ref = train(TrainSpec(**options), tracking_uri)  # type: ignore[arg-type]
+        ref = train(TrainSpec(**options), connect(tracking_uri))  # type: ignore[arg-type]
     except RegistryError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

@@ -1,18 +1,12 @@
 """Datasets bundled with scikit-learn, and the fixed seeded split into train and holdout."""
 
 from dataclasses import dataclass
-from typing import Literal
 
 import pandas as pd
 from sklearn import datasets as sk_datasets
 from sklearn.model_selection import train_test_split
 
-from registry.evaluation import HOLDOUT_TARGET
-
-Task = Literal["classification", "regression"]
-
-TARGET = HOLDOUT_TARGET
-"""Name of the target column in every logged holdout set (where gates look for it)."""
+from registry.contract import HOLDOUT_TARGET, Task
 
 _LOADERS = {
     "breast-cancer": ("classification", sk_datasets.load_breast_cancer),
@@ -39,7 +33,7 @@ class Split:
 
     def holdout_frame(self) -> pd.DataFrame:
         """The holdout features with the target as column `target`."""
-        return self.x_holdout.assign(**{TARGET: self.y_holdout.to_numpy()})
+        return self.x_holdout.assign(**{HOLDOUT_TARGET: self.y_holdout.to_numpy()})
 
 
 def load_split(name: str, *, split_seed: int = 0, holdout_fraction: float = 0.25) -> Split:

@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import mlflow
-from mlflow.models import ModelSignature
+from mlflow.models import Model, ModelSignature
 from mlflow.pyfunc.model import PythonModelContext
 from mlflow.types import ColSpec, Schema
 
-from registry import metrics, versions
-from registry.client import connect
-from registry.evaluation import HOLDOUT_ARTIFACT
+from registry import contract, quality, runs, versions
+from registry.client import Client
 from registry.refs import ModelRef
 from training import models
 from training.datasets import Split, load_split
@@ -26,10 +25,6 @@ logger = logging.getLogger(__name__)
 Framework = Literal["sklearn", "torch"]
 
 DEFAULT_MODEL_NAMES = {"breast-cancer": "cancer-classifier", "diabetes": "diabetes-regressor"}
-OUTPUTS = {
-    "classification": Schema([ColSpec("long", "label"), ColSpec("double", "probability")]),
-    "regression": Schema([ColSpec("double", "prediction")]),
-}
 
 
 @dataclass(frozen=True)
@@ -55,45 +50,51 @@ class TrainSpec:
         return self.model_name or DEFAULT_MODEL_NAMES[self.dataset]
 
 
-def train(spec: TrainSpec, tracking_uri: str | None = None) -> ModelRef:
+def train(spec: TrainSpec, client: Client) -> ModelRef:
     """Train as `spec` says, log and register a version; point `spec.alias` at it if given."""
-    client = connect(tracking_uri, timeout_s=30)
-    mlflow.set_tracking_uri(client.tracking_uri)
     split = load_split(spec.dataset, split_seed=spec.split_seed)
     if spec.shuffle_labels:
         split = models.shuffled(split, spec.seed)
-    mlflow.set_experiment(spec.experiment)
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run() as run:
-        workdir = Path(tmp)
-        logger.info("training %s on %s (seed %d)", spec.framework, spec.dataset, spec.seed)
-        artifacts, config = _fit(spec, split, workdir)
-        mlflow.log_params({k: v for k, v in asdict(spec).items() if v is not None})
-        holdout_path = workdir / Path(HOLDOUT_ARTIFACT).name
-        split.holdout_frame().to_parquet(holdout_path)
-        mlflow.log_artifact(str(holdout_path), artifact_path=str(Path(HOLDOUT_ARTIFACT).parent))
-        holdout_metrics = _evaluate(split, artifacts, config)
-        mlflow.log_metrics({f"holdout_{k}": v for k, v in holdout_metrics.items()})
-        logger.info("holdout metrics: %s", _fmt(holdout_metrics))
-        logger.info("logging the model to MLflow (takes a few seconds)")
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(resources.files("training.pyfunc") / "contract_model.py"),
-            artifacts={k: str(v) for k, v in artifacts.items()},
-            model_config=config,
-            signature=ModelSignature(
-                inputs=Schema([ColSpec("double", f) for f in split.features]),
-                outputs=OUTPUTS[split.task],
-            ),
-            input_example=split.x_train.head(3),
-            pip_requirements=_requirements(spec.framework),
-        )
+    params = {k: str(v) for k, v in asdict(spec).items() if v is not None}
+    run_id = runs.start(client, spec.experiment, None, params=params).run_id
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = Path(tmp)
+            logger.info("training %s on %s (seed %d)", spec.framework, spec.dataset, spec.seed)
+            artifacts, config = _fit(spec, split, workdir)
+            holdout = workdir / Path(contract.HOLDOUT_ARTIFACT).name
+            split.holdout_frame().to_parquet(holdout)
+            runs.attach(client, run_id, [holdout], str(Path(contract.HOLDOUT_ARTIFACT).parent))
+            holdout_metrics = _evaluate(split, artifacts, config)
+            runs.log_metrics(
+                client, run_id, {f"holdout_{k}": v for k, v in holdout_metrics.items()}
+            )
+            logger.info("holdout metrics: %s", _fmt(holdout_metrics))
+            logger.info("logging the model to MLflow (takes a few seconds)")
+
+            def save(path: Path, metadata: Model) -> None:
+                mlflow.pyfunc.save_model(
+                    path,
+                    python_model=str(resources.files("training.pyfunc") / "contract_model.py"),
+                    artifacts={k: str(v) for k, v in artifacts.items()},
+                    model_config=config,
+                    signature=ModelSignature(
+                        inputs=Schema([ColSpec("double", f) for f in split.features]),
+                        outputs=contract.output_schema(split.task),
+                    ),
+                    input_example=split.x_train.head(3),
+                    pip_requirements=_requirements(spec.framework),
+                    mlflow_model=metadata,
+                )
+
+            model_id = runs.log_model(client, run_id, save)
         ref = versions.register(
-            client,
-            info.model_uri,
-            spec.registered_name,
-            run_id=run.info.run_id,
-            model_id=info.model_id,
+            client, f"models:/{model_id}", spec.registered_name, run_id=run_id, model_id=model_id
         )
+    except BaseException:
+        runs.finish(client, run_id, succeeded=False)
+        raise
+    runs.finish(client, run_id, succeeded=True)
     if spec.alias:
         ref = versions.set_alias(client, ref, spec.alias)
     return ref
@@ -122,7 +123,7 @@ def _evaluate(split: Split, artifacts: dict[str, Path], config: dict[str, Any]) 
     model = ContractModel()
     model.load_context(context)
     output = model.predict(None, split.x_holdout)
-    return metrics.compute(split.task, split.y_holdout.to_numpy(), output)
+    return quality.compute(split.task, split.y_holdout.to_numpy(), output)
 
 
 def _requirements(framework: Framework) -> list[str]:

@@ -4,9 +4,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from registry.bootstrap import Interval
-from registry.latency import Latency
-from registry.policy import MetricRule, Policy
+from gates.bootstrap import Interval
+from gates.latency import Latency
+from gates.policy import MetricRule, Policy
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,10 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from registry.metrics import HIGHER_IS_BETTER, Task
-
-_CLIP = 1e-15
-"""Probabilities are clipped as registry.metrics.compute clips them, for log loss."""
+from registry.contract import LABEL, PREDICTION, PROBABILITY, Task
+from registry.quality import HIGHER_IS_BETTER, PROBABILITY_CLIP
 
 _BLOCK_CELLS = 2_000_000
 """Resamples are weighed in blocks of about this many cells, to bound memory."""
@@ -110,13 +108,15 @@ def weighted_metrics(
 ) -> dict[str, np.ndarray]:
     """Every metric of `task` once per row of weights `w` (shape resamples x rows).
 
-    With all-ones weights this is registry.metrics.compute; with integer counts it is compute
+    With all-ones weights this is registry.quality.compute; with integer counts it is compute
     on the rows repeated that many times.
     """
     total = w.sum(axis=1)
     if task == "classification":
-        proba = np.clip(output["probability"].to_numpy(dtype="float64"), _CLIP, 1 - _CLIP)
-        label = output["label"].to_numpy(dtype="float64")
+        proba = np.clip(
+            output[PROBABILITY].to_numpy(dtype="float64"), PROBABILITY_CLIP, 1 - PROBABILITY_CLIP
+        )
+        label = output[LABEL].to_numpy(dtype="float64")
         positive = y == 1
         tp = w @ (positive & (label == 1))
         fp = w @ (~positive & (label == 1))
@@ -129,7 +129,7 @@ def weighted_metrics(
             "roc_auc": _weighted_auc(positive, proba, w),
             "log_loss": (w @ losses) / total,
         }
-    prediction = output["prediction"].to_numpy(dtype="float64")
+    prediction = output[PREDICTION].to_numpy(dtype="float64")
     squared = (y - prediction) ** 2
     mean_y = (w @ y) / total
     spread = (w * (y[None, :] - mean_y[:, None]) ** 2).sum(axis=1)

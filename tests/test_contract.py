@@ -1,4 +1,4 @@
-"""Compatibility rules: what breaks a client of the baseline, under MLflow's enforcement."""
+"""The contract's compatibility rules, and that the gate and the serving swap apply them alike."""
 
 import numpy as np
 import pandas as pd
@@ -6,11 +6,12 @@ import pytest
 from mlflow.models.utils import _enforce_mlflow_datatype
 from mlflow.types import ColSpec, DataType, Schema, TensorSpec
 
-from registry.compatibility import (
+from registry.contract import (
     WIDER_TYPES,
     Column,
+    Interface,
+    answer_of,
     columns_of,
-    frame_breaks,
     input_breaks,
     output_breaks,
 )
@@ -20,7 +21,7 @@ BASE = (Column("a", "double"), Column("b", "long"), Column("c", "string", requir
 
 def test_same_signature_breaks_nothing():
     assert input_breaks(BASE, BASE) == []
-    assert output_breaks(BASE, BASE) == []
+    assert _outputs(BASE, BASE) == []
 
 
 def test_new_optional_column_is_compatible():
@@ -71,8 +72,8 @@ def test_type_change(old: str, new: str, breaks: bool):
 def test_missing_signatures():
     assert input_breaks(BASE, None) == []  # enforces nothing: accepts everything
     assert input_breaks(None, BASE) != []
-    assert output_breaks(None, None) == []
-    assert output_breaks(BASE, None) != []
+    assert _outputs(None, None) == []
+    assert _outputs(BASE, None) != []
 
 
 def test_tensor_inputs_must_be_equal():
@@ -81,28 +82,34 @@ def test_tensor_inputs_must_be_equal():
     assert input_breaks(tensor, (Column(None, "tensor float32 [-1, 31]"),)) != []
 
 
+def _outputs(
+    baseline: tuple[Column, ...] | None, candidate: tuple[Column, ...] | None
+) -> list[str]:
+    return output_breaks(Interface(None, baseline), Interface(None, candidate))
+
+
 def test_output_signature_any_change_breaks():
     contract = (Column("label", "long"), Column("probability", "double"))
     extra = (*contract, Column("explanation", "string"))
-    assert output_breaks(contract, extra) == ["output signature: extra column 'explanation'"]
-    assert output_breaks(contract, contract[:1]) == [
-        "output signature: column 'probability' missing"
-    ]
+    assert _outputs(contract, extra) == ["output signature: extra column 'explanation'"]
+    assert _outputs(contract, contract[:1]) == ["output signature: column 'probability' missing"]
     retyped = (Column("label", "integer"), contract[1])
-    assert output_breaks(contract, retyped) == [
-        "output signature: column 'label' is integer, was long"
-    ]
-    assert "reordered" in output_breaks(contract, contract[::-1])[0]
+    assert _outputs(contract, retyped) == ["output signature: column 'label' is integer, was long"]
+    assert "reordered" in _outputs(contract, contract[::-1])[0]
 
 
 def test_output_frames_compared_by_columns_and_dtypes():
     baseline = pd.DataFrame({"label": np.array([1, 0]), "probability": [0.9, 0.2]})
-    assert frame_breaks(baseline, baseline.copy()) == []
+
+    def frame_breaks(candidate: pd.DataFrame) -> list[str]:
+        return output_breaks(
+            Interface(None, None, answer_of(baseline)), Interface(None, None, answer_of(candidate))
+        )
+
+    assert frame_breaks(baseline.copy()) == []
     narrowed = baseline.astype({"label": "int32"})
-    assert frame_breaks(baseline, narrowed) == ["output frame: column 'label' is int32, was int64"]
-    assert frame_breaks(baseline, baseline.assign(extra="x")) == [
-        "output frame: extra column 'extra'"
-    ]
+    assert frame_breaks(narrowed) == ["output frame: column 'label' is int32, was int64"]
+    assert frame_breaks(baseline.assign(extra="x")) == ["output frame: extra column 'extra'"]
 
 
 def test_columns_of_mlflow_schemas():

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gates.verdict import Check, Evidence, Verdict
 from registry.refs import ModelRef
-from registry.verdict import Check, Evidence, Verdict
 
 COLUMNS = ("check", "candidate", "baseline", "bound", "detail", "result")
 _DETAIL_WIDTH = 48

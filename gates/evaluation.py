@@ -12,21 +12,16 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
-import mlflow
 import numpy as np
 import pandas as pd
 import requests
-from mlflow.exceptions import MlflowException
 
-from registry.errors import DatasetMismatch, EvaluationError
-from registry.metrics import Task
-from registry.policy import DataRule
+from gates.errors import DatasetMismatch, EvaluationError
+from gates.policy import DataRule
+from registry.contract import HOLDOUT_ARTIFACT, HOLDOUT_TARGET, Task
+from registry.errors import RegistryError
+from registry.loading import fetch_artifact
 from registry.refs import ModelRef
-
-HOLDOUT_ARTIFACT = "holdout/holdout.parquet"
-"""Where a training run logs its holdout (features and `target`); training writes it there."""
-HOLDOUT_TARGET = "target"
-"""The target column of a logged holdout."""
 
 Kind = Literal["pinned", "file", "baseline holdout"]
 
@@ -177,11 +172,8 @@ def _download(location: str, directory: Path, tracking_uri: str | None) -> Path:
                     for chunk in response.iter_content(1 << 20):
                         out.write(chunk)
             return target
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=location, dst_path=str(directory), tracking_uri=tracking_uri
-        )
-        return Path(local)
-    except (OSError, MlflowException, requests.RequestException) as exc:
+        return fetch_artifact(location, directory, tracking_uri)
+    except (OSError, RegistryError, requests.RequestException) as exc:
         raise EvaluationError(f"cannot fetch evaluation data {location}: {exc}") from exc
 
 

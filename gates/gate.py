@@ -7,7 +7,6 @@ RegistryError instead, which CI must treat as "could not evaluate", never as a p
 """
 
 import logging
-import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -15,21 +14,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
-from mlflow.entities import Metric, Param
-from mlflow.exceptions import MlflowException
-from mlflow.pyfunc import PyFuncModel
-from mlflow.tracking import MlflowClient
-from mlflow.types import Schema
 
-from registry import bootstrap, evaluation, history, latency, metrics, reports, versions
-from registry.compatibility import columns_of, frame_breaks, input_breaks, output_breaks
-from registry.errors import AliasNotFound, EvaluationError, StaleAlias
-from registry.evaluation import EvaluationData
-from registry.loading import load
-from registry.policy import Policy
+from gates import bootstrap, evaluation, latency, reports
+from gates.errors import EvaluationError
+from gates.evaluation import EvaluationData
+from gates.policy import Policy
+from gates.reports import DataSummary, Report
+from gates.verdict import Evidence, Verdict, judge
+from registry import contract, history, quality, runs, versions
+from registry.client import Client
+from registry.errors import AliasNotFound, StaleAlias
+from registry.loading import PyFunc, load
 from registry.refs import ModelRef
-from registry.reports import DataSummary, Report
-from registry.verdict import Evidence, Verdict, judge
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +80,7 @@ class Evaluation:
     phases: dict[str, float]
 
 
-def run(client: MlflowClient, spec: GateSpec) -> Outcome:
+def run(client: Client, spec: GateSpec) -> Outcome:
     """Evaluate, record in MLflow, write the reports, then promote if asked and passed."""
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     clock = time.monotonic()
@@ -93,8 +89,9 @@ def run(client: MlflowClient, spec: GateSpec) -> Outcome:
     candidate, verdict = judged.candidate, judged.verdict
     run_id, run_url = _record(client, spec, judged)
     try:
-        client.set_model_version_tag(spec.name, candidate.version, VERDICT_TAG, _word(verdict))
-        client.set_model_version_tag(spec.name, candidate.version, RUN_ID_TAG, run_id)
+        versions.tag(
+            client, spec.name, candidate.version, {VERDICT_TAG: _word(verdict), RUN_ID_TAG: run_id}
+        )
         promoted, promotion = promote_if_passed(
             client, spec, candidate, judged.baseline, verdict, run_id
         )
@@ -117,16 +114,15 @@ def run(client: MlflowClient, spec: GateSpec) -> Outcome:
             phases=judged.phases | {"record and promote": recorded - evaluated},
         )
         json_path, markdown_path = reports.write(report, spec.report_dir)
-        for path in (json_path, markdown_path, spec.policy_path):
-            client.log_artifact(run_id, str(path), "gate")
+        runs.attach(client, run_id, (json_path, markdown_path, spec.policy_path), "gate")
     except BaseException:
-        client.set_terminated(run_id, "FAILED")
+        runs.finish(client, run_id, succeeded=False)
         raise
-    client.set_terminated(run_id, "FINISHED")
+    runs.finish(client, run_id, succeeded=True)
     return Outcome(report, json_path, markdown_path, promoted)
 
 
-def evaluate(client: MlflowClient, spec: GateSpec) -> Evaluation:
+def evaluate(client: Client, spec: GateSpec) -> Evaluation:
     """Resolve both versions, fetch the evaluation data, load and score both, judge."""
     clock = time.monotonic()
     if spec.policy.model is not None and spec.policy.model != spec.name:
@@ -156,8 +152,8 @@ def evaluate(client: MlflowClient, spec: GateSpec) -> Evaluation:
 def gather(
     policy: Policy,
     data: EvaluationData,
-    candidate: PyFuncModel,
-    baseline: PyFuncModel | None,
+    candidate: PyFunc,
+    baseline: PyFunc | None,
 ) -> Evidence:
     """Score both models on the data and collect what the policy's checks need."""
     task = policy.task
@@ -165,7 +161,7 @@ def gather(
     candidate_metrics = None
     if candidate_out is not None:
         try:
-            candidate_metrics = metrics.compute(task, data.target, candidate_out)
+            candidate_metrics = quality.compute(task, data.target, candidate_out)
         except (KeyError, ValueError, TypeError) as exc:
             candidate_error = f"the answer does not fit the {task} output contract: {exc}"
     if baseline is None:
@@ -174,7 +170,7 @@ def gather(
     if baseline_out is None:
         raise EvaluationError(f"the baseline cannot answer the evaluation data: {baseline_error}")
     try:
-        baseline_metrics = metrics.compute(task, data.target, baseline_out)
+        baseline_metrics = quality.compute(task, data.target, baseline_out)
     except (KeyError, ValueError, TypeError) as exc:
         raise EvaluationError(
             f"the baseline's answer does not fit the policy's {task}: {exc}"
@@ -201,14 +197,12 @@ def gather(
                 batch_rows=policy.latency.batch_rows,
             )
     inputs = outputs = None
-    old, new = _signature(baseline), _signature(candidate)
+    old = contract.interface_of(baseline, baseline_out)
+    new = contract.interface_of(candidate, candidate_out)
     if policy.compatibility.inputs:
-        inputs = tuple(input_breaks(columns_of(old[0]), columns_of(new[0])))
+        inputs = tuple(contract.input_breaks(old.inputs, new.inputs))
     if policy.compatibility.outputs:
-        found = output_breaks(columns_of(old[1]), columns_of(new[1]))
-        if candidate_out is not None:
-            found += frame_breaks(baseline_out, candidate_out)
-        outputs = tuple(found)
+        outputs = tuple(contract.output_breaks(old, new))
     return Evidence(
         candidate_metrics,
         baseline_metrics,
@@ -220,15 +214,7 @@ def gather(
     )
 
 
-def _signature(model: PyFuncModel) -> tuple[Schema | None, Schema | None]:
-    """The model's input and output schemas (None where it declares none)."""
-    signature = model.metadata.signature
-    if signature is None:
-        return None, None
-    return signature.inputs, signature.outputs
-
-
-def _baseline(client: MlflowClient, name: str, baseline: str) -> ModelRef | None:
+def _baseline(client: Client, name: str, baseline: str) -> ModelRef | None:
     """The baseline version; None when it is an alias that does not exist (yet)."""
     try:
         return versions.find(client, name, baseline)
@@ -236,14 +222,14 @@ def _baseline(client: MlflowClient, name: str, baseline: str) -> ModelRef | None
         return None
 
 
-def _load(ref: ModelRef, directory: Path, tracking_uri: str, role: str) -> PyFuncModel:
+def _load(ref: ModelRef, directory: Path, tracking_uri: str, role: str) -> PyFunc:
     try:
         return load(ref, directory, tracking_uri)
     except Exception as exc:  # model code may raise anything while loading
         raise EvaluationError(f"cannot load the {role} {ref}: {_reason(exc)}") from exc
 
 
-def _answer(model: PyFuncModel, frame: pd.DataFrame) -> tuple[pd.DataFrame | None, str | None]:
+def _answer(model: PyFunc, frame: pd.DataFrame) -> tuple[pd.DataFrame | None, str | None]:
     """The model's output frame, or why it gave none."""
     try:
         output = model.predict(frame)
@@ -255,7 +241,7 @@ def _answer(model: PyFuncModel, frame: pd.DataFrame) -> tuple[pd.DataFrame | Non
 
 
 def promote_if_passed(
-    client: MlflowClient,
+    client: Client,
     spec: GateSpec,
     candidate: ModelRef,
     baseline: ModelRef | None,
@@ -288,26 +274,19 @@ def promote_if_passed(
     return True, f"{spec.promote} -> version {candidate.version}"
 
 
-def _record(client: MlflowClient, spec: GateSpec, judged: Evaluation) -> tuple[str, str | None]:
+def _record(client: Client, spec: GateSpec, judged: Evaluation) -> tuple[str, str | None]:
     """Log the evaluation as a run linked to both versions; return its id and UI address."""
     candidate, baseline, data = judged.candidate, judged.baseline, judged.data
     evidence, verdict = judged.evidence, judged.verdict
-    experiment_id = _experiment(client)
-    verdict_word = _word(verdict)
     passed = sum(check.passed for check in verdict.checks)
     baseline_label = f"v{baseline.version}" if baseline else "no baseline"
-    run = client.create_run(
-        experiment_id,
-        run_name=f"gate {spec.name} v{candidate.version} vs {baseline_label}",
-        tags={
-            "modelyard.gate.model": spec.name,
-            "modelyard.gate.candidate": f"{spec.name}/{candidate.version}",
-            "modelyard.gate.baseline": f"{spec.name}/{baseline.version}" if baseline else "none",
-            VERDICT_TAG: verdict_word,
-            "modelyard.gate.checks": f"{passed}/{len(verdict.checks)} passed",
-        },
-    )
-    run_id = run.info.run_id
+    tags = {
+        "modelyard.gate.model": spec.name,
+        "modelyard.gate.candidate": f"{spec.name}/{candidate.version}",
+        "modelyard.gate.baseline": f"{spec.name}/{baseline.version}" if baseline else "none",
+        VERDICT_TAG: _word(verdict),
+        "modelyard.gate.checks": f"{passed}/{len(verdict.checks)} passed",
+    }
     params = {
         "model": spec.name,
         "candidate.version": candidate.version,
@@ -323,7 +302,6 @@ def _record(client: MlflowClient, spec: GateSpec, judged: Evaluation) -> tuple[s
         "data.sha256": data.sha256,
         "data.rows": str(data.rows),
     }
-    now = int(time.time() * 1000)
     values: dict[str, float] = {}
     for side, found in (("candidate", evidence.candidate), ("baseline", evidence.baseline)):
         values |= {f"{side}.{k}": v for k, v in (found or {}).items()}
@@ -341,31 +319,15 @@ def _record(client: MlflowClient, spec: GateSpec, judged: Evaluation) -> tuple[s
             "latency.baseline_row_ms": evidence.latency.baseline_row_ms,
         }
     values["passed"] = float(verdict.passed)
-    client.log_batch(
-        run_id,
-        metrics=[Metric(k, v, now, 0) for k, v in values.items() if math.isfinite(v)],
-        params=[Param(k, v) for k, v in params.items()],
+    record = runs.start(
+        client,
+        EXPERIMENT,
+        f"gate {spec.name} v{candidate.version} vs {baseline_label}",
+        tags=tags,
+        params=params,
+        metrics=values,
     )
-    uri = client.tracking_uri
-    url = (
-        f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-        if uri.startswith(("http://", "https://"))
-        else None
-    )
-    return run_id, url
-
-
-def _experiment(client: MlflowClient) -> str:
-    found = client.get_experiment_by_name(EXPERIMENT)
-    if found is not None:
-        return str(found.experiment_id)
-    try:
-        return str(client.create_experiment(EXPERIMENT))
-    except MlflowException:  # another gate created it first
-        again = client.get_experiment_by_name(EXPERIMENT)
-        if again is None:
-            raise
-        return str(again.experiment_id)
+    return record.run_id, record.url
 
 
 def _phases(start: float, marks: dict[str, float]) -> dict[str, float]:

@@ -22,8 +22,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from yaml.nodes import MappingNode, Node, SequenceNode
 
-from registry.errors import PolicyError
-from registry.metrics import HIGHER_IS_BETTER, METRICS_BY_TASK, Task
+from gates.errors import PolicyError
+from registry.contract import Task
+from registry.quality import HIGHER_IS_BETTER, METRICS_BY_TASK
 
 MetricName = Literal["accuracy", "f1", "roc_auc", "log_loss", "rmse", "mae", "r2"]
 METRIC_NAMES: tuple[str, ...] = get_args(MetricName)

@@ -1,0 +1,1 @@
+"""Judging versions: the offline evaluation gate (policy, evidence, verdict, reports)."""
