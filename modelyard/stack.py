@@ -16,7 +16,7 @@ import requests
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from modelyard.processes import Child, StartupError, ensure_free
+from modelyard.processes import Child, StartupError, ensure_free, start_tracking_server
 from modelyard.settings import StackSettings
 from registry.client import connect
 from registry.webhooks import ensure_alias_webhook
@@ -103,27 +103,19 @@ class Stack:
     def start_tracking_server(self) -> None:
         """`mlflow server` on SQLite, artifacts proxied to the bucket."""
         s = self.settings
-        env = self.s3_env() | {
-            "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": self._secret_file("webhook.key", _fernet_key),
-            "MLFLOW_DISABLE_TELEMETRY": "true",
-            "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
-            "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
-            # MLflow's job runner (GenAI jobs, unused here) adds five processes and ~20 s to
-            # every stop; setting the variable turns it back on.
-            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get(
-                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false"
-            ),
-        }
-        argv = [
-            sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{self.home / 'mlflow.db'}",
-            "--artifacts-destination", f"s3://{s.bucket}/artifacts",
-            "--host", s.host, "--port", str(s.mlflow_port), "--workers", "1",
-        ]  # fmt: skip
-        child = self._start("MLflow server", argv, env)
-        health = f"{s.tracking_uri}/health"
-        took = child.wait_until(lambda: _healthy(health), s.start_timeout_s)
-        self.say(f"      ready in {took:.1f} s at {s.tracking_uri}")
+        self.say("... starting MLflow server")
+        server = start_tracking_server(
+            backend_store_uri=f"sqlite:///{self.home / 'mlflow.db'}",
+            artifacts_destination=f"s3://{s.bucket}/artifacts",
+            s3=self.s3_env(),
+            webhook_key=self._secret_file("webhook.key", _fernet_key),
+            host=s.host,
+            port=s.mlflow_port,
+            log=self.home / "logs" / "mlflow.log",
+            timeout_s=s.start_timeout_s,
+        )
+        self.children.append(server.child)
+        self.say(f"      ready in {server.ready_s:.1f} s at {server.uri}")
 
     def start_serving(self) -> str:
         """The serving layer, following the registry; registers its webhook. Returns its URL."""

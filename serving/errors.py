@@ -1,6 +1,6 @@
 """Errors that carry their HTTP status and MLflow error-code name; one handler renders them."""
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 
 class ServingError(Exception):
@@ -9,8 +9,6 @@ class ServingError(Exception):
     status_code = 500
     error_code = "INTERNAL_ERROR"
     headers: ClassVar[dict[str, str] | None] = None
-    served_by: tuple[Any, str] | None = None
-    """(loaded version, alias) when the request had reached a model, for headers and metrics."""
 
 
 class BadRequest(ServingError):

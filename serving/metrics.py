@@ -32,6 +32,7 @@ class Metrics:
             "modelyard_requests_in_flight", "Prediction requests being handled.", ["model"],
             multiprocess_mode="livesum", registry=r,
         )  # fmt: skip
+        self._in_flight_children: dict[str, Gauge] = {}
         self.load_seconds = Gauge(
             "modelyard_model_load_seconds", "Seconds the serving version took to load and warm up.",
             ["model", "alias", "version"], multiprocess_mode="livemax", registry=r,
@@ -88,6 +89,13 @@ class Metrics:
                 _forget(metric, (model, alias, previous))
         self.serving.labels(model, alias, version).set(1)
         self.load_seconds.labels(model, alias, version).set(load_s)
+
+    def in_flight_of(self, model: str) -> Gauge:
+        """The in-flight gauge of `model`, its child looked up once (it is set on every predict)."""
+        child = self._in_flight_children.get(model)
+        if child is None:
+            child = self._in_flight_children[model] = self.in_flight.labels(model)
+        return child
 
     def exposition(self) -> bytes:
         """The text exposition: this process, or every worker in multiprocess mode."""

@@ -1,22 +1,19 @@
 """A loaded model version: its pyfunc, a direct call into the model, warm-up and contract."""
 
-import inspect
 import logging
 import statistics
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.models.utils import _enforce_params_schema
 from mlflow.pyfunc import PyFuncModel
-from mlflow.pyfunc.model import _PythonModelPyfuncWrapper
 from mlflow.types import Schema
 
 from registry import contract
+from registry.pyfunc import enforce_params, python_model, sklearn_estimator
 from registry.refs import ModelRef
 from serving import protocol
 from serving.errors import InvalidInput
@@ -68,10 +65,9 @@ class LoadedModel:
         if schema is None:
             return None
         try:
-            checked: dict[str, Any] = _enforce_params_schema(params, schema)
+            return enforce_params(schema, params)
         except MlflowException as exc:
             raise InvalidInput(protocol.first_line(exc.message)) from None
-        return checked
 
 
 def prepare(
@@ -131,30 +127,21 @@ def _native(pyfunc: PyFuncModel) -> Native | None:
     Input was validated against the signature already; pyfunc's own enforcement costs about
     1.5 ms per call through pandas. Flavours not known here keep the pyfunc path.
     """
-    impl = pyfunc._model_impl  # the flavour's own predictor, under pyfunc's checks
-    if isinstance(impl, _PythonModelPyfuncWrapper):
-        if pyfunc.metadata._is_signature_from_type_hint():
-            return None
-        python_model, context = impl.python_model, impl.context
-        parameters = inspect.signature(python_model.predict).parameters
-        if "context" not in parameters or "params" not in parameters:
-            return None
-        return lambda batch, params: python_model.predict(context, batch.frame(), params=params)
-    sklearn_model = getattr(impl, "sklearn_model", None)
-    if sklearn_model is None:
+    if (wrapped := python_model(pyfunc)) is not None:
+        model, context = wrapped
+        return lambda batch, params: model.predict(context, batch.frame(), params=params)
+    if (fitted_model := sklearn_estimator(pyfunc)) is None:
         return None
-    method = getattr(sklearn_model, pyfunc._predict_fn.__name__)  # predict, predict_proba, ...
-    fitted_names = getattr(sklearn_model, "feature_names_in_", None)
+    estimator, method_name = fitted_model
+    method = getattr(estimator, method_name)
+    fitted_names = getattr(estimator, "feature_names_in_", None)
     if fitted_names is None:
         return lambda batch, params: method(batch.as_matrix())
     fitted = [str(name) for name in fitted_names]
+
     # A float matrix whose columns were checked here, in the fitted order, is what the estimator
     # would make of the DataFrame; its pandas checks cost ~300 us a call. Its warning that the
-    # matrix has no column names is then no news.
-    warnings.filterwarnings(
-        "ignore", "X does not have valid feature names", UserWarning, module="sklearn"
-    )
-
+    # matrix has no column names is then no news: the entry point filters it (serving.cli).
     def call(batch: Batch, params: dict[str, Any] | None) -> Any:
         if batch.matrix is not None and batch.names == fitted:
             return method(batch.matrix)

@@ -1,9 +1,8 @@
 """HTTP routes: translate requests to Service calls and answers back. No logic of their own."""
 
+import dataclasses
 import hmac
-import logging
 import time
-import uuid
 from importlib.metadata import version
 from typing import Annotated, Any
 
@@ -12,11 +11,10 @@ from fastapi.responses import JSONResponse, Response
 
 from serving import webhooks
 from serving.errors import BodyTooLarge, ServingError, Unauthorized
-from serving.service import Service
+from serving.service import Outcome, Service
 from serving.webhooks import BadDelivery
 
 router = APIRouter()
-request_log = logging.getLogger("serving.requests")
 
 
 async def get_service(request: Request) -> Service:
@@ -40,7 +38,7 @@ INVOCATION_DOC: dict[str, Any] = {
 @router.post("/invocations", openapi_extra=INVOCATION_DOC, tags=["predict"])
 async def invocations(request: Request, service: ServiceDep) -> Response:
     """MLflow scoring protocol for the default model, A/B-routed."""
-    return await _invoke(request, service, service.default_model(), None)
+    return await _invoke(request, service, None, None)
 
 
 @router.post("/models/{name}/invocations", openapi_extra=INVOCATION_DOC, tags=["predict"])
@@ -62,51 +60,16 @@ async def alias_invocations(
 @router.get("/models", tags=["status"])
 async def models(service: ServiceDep) -> dict[str, Any]:
     """Every served model: aliases -> version, state, last error, traffic split."""
-    return {
-        "registry_error": service.watcher.registry_error,
-        "last_poll": service.watcher.last_poll,
-        "models": {
-            name: {
-                "ready": served.ready,
-                "required_alias": served.required_alias,
-                "traffic": {
-                    "weights": dict(served.split.weights),
-                    "salt": served.split.salt,
-                    "source": served.split.source,
-                    "problem": served.split_problem,
-                },
-                "shadow": {
-                    f"{production}->{shadow}": tally.summary()
-                    for (production, shadow), tally in list(served.shadow.items())
-                },
-                "aliases": {
-                    alias: {
-                        "state": slot.state,
-                        "version": slot.current.ref.version if slot.current else None,
-                        "run_id": slot.current.ref.run_id if slot.current else None,
-                        "target": slot.loading,
-                        "registry_version": slot.wanted,
-                        "predict": _predict_mode(slot.current),
-                        "last_error": slot.error,
-                        "note": slot.note,
-                    }
-                    for alias, slot in served.slots.items()
-                },
-            }
-            for name, served in service.table.models.items()
-        },
-    }
+    return dataclasses.asdict(service.status())
 
 
 @router.get("/models/{name}/ready", tags=["status"])
 async def model_ready(name: str, service: ServiceDep) -> Response:
     """200 when the model's required alias is loaded, else 503 with the reason."""
-    served = service.table.model(name)
-    if served.ready:
+    readiness = service.model_readiness(name)
+    if readiness.ready:
         return JSONResponse({"ready": True})
-    slot = served.slots[served.required_alias]
-    reason = slot.error or slot.note or f"alias '{slot.alias}' is {slot.state}"
-    return JSONResponse({"ready": False, "reason": reason}, status_code=503)
+    return JSONResponse({"ready": False, "reason": readiness.reasons[0]}, status_code=503)
 
 
 @router.get("/health/live", tags=["status"])
@@ -118,19 +81,18 @@ async def live() -> dict[str, str]:
 @router.get("/health/ready", tags=["status"])
 async def ready(service: ServiceDep) -> Response:
     """200 only when every required model is loaded; else 503 naming what is missing."""
-    reasons = _not_ready(service)
-    if reasons:
-        return JSONResponse({"ready": False, "reasons": reasons}, status_code=503)
-    return JSONResponse({"ready": True})
+    readiness = service.readiness()
+    if readiness.ready:
+        return JSONResponse({"ready": True})
+    return JSONResponse({"ready": False, "reasons": list(readiness.reasons)}, status_code=503)
 
 
 @router.get("/ping", tags=["mlflow"])
 @router.get("/health", tags=["mlflow"])
 async def ping(service: ServiceDep) -> Response:
     """MLflow compatibility: 200 when ready."""
-    return Response(
-        "\n", status_code=503 if _not_ready(service) else 200, media_type="application/json"
-    )
+    status = 200 if service.readiness().ready else 503
+    return Response("\n", status_code=status, media_type="application/json")
 
 
 @router.get("/version", tags=["mlflow"])
@@ -180,52 +142,46 @@ async def mlflow_webhook(request: Request, service: ServiceDep) -> dict[str, str
     return {"status": "accepted"}
 
 
-async def _invoke(request: Request, service: Service, name: str, alias: str | None) -> Response:
+async def _invoke(
+    request: Request, service: Service, name: str | None, alias: str | None
+) -> Response:
+    """Read the request, let Service answer it, and write the outcome as a response."""
     started = time.perf_counter()
-    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-    status, served_by = 200, None
+    headers = request.headers
+    request_id = headers.get("x-request-id")
     try:
         body = await _read_body(request, service.settings.max_body_bytes)
-        answer = await service.invoke(
+    except BodyTooLarge as error:
+        outcome = service.refused(error, name, alias, request_id=request_id, started=started)
+    else:
+        outcome = await service.invoke(
             name,
             alias,
-            request.headers.get("x-routing-key"),
             body,
-            request.headers.get("content-type"),
+            headers.get("content-type"),
+            routing_key=headers.get("x-routing-key"),
+            request_id=request_id,
+            started=started,
         )
-        response = Response(answer.body, media_type="application/json")
-        served_by = (answer.model, answer.alias)
-        if answer.extra_columns:
-            response.headers["X-Ignored-Columns"] = ",".join(answer.extra_columns)[:1000]
-    except ServingError as error:
-        status, served_by = error.status_code, error.served_by
-        response = error_response(error)
-    elapsed = time.perf_counter() - started
+    return _response(outcome)
+
+
+def _response(outcome: Outcome) -> Response:
+    """The predictions or the error, with headers naming the request and the version routed to."""
+    if outcome.error is None:
+        response: Response = Response(outcome.body, media_type="application/json")
+    else:
+        response = error_response(outcome.error)
     headers = response.headers
-    headers["X-Request-ID"] = request_id
-    version = None
-    if served_by is not None:
-        loaded, alias = served_by
-        ref = loaded.ref
-        version = ref.version
+    headers["X-Request-ID"] = outcome.request_id
+    ref = outcome.ref
+    if ref is not None and outcome.alias is not None:
         headers["X-Model-Name"] = ref.name
-        headers["X-Model-Alias"] = alias
+        headers["X-Model-Alias"] = outcome.alias
         headers["X-Model-Version"] = ref.version
         headers["X-Model-Run-Id"] = ref.run_id or ""
-        service.metrics.requests.labels(ref.name, alias, ref.version, str(status)).inc()
-        service.metrics.latency.labels(ref.name, alias, ref.version).observe(elapsed)
-    if request_log.isEnabledFor(logging.INFO):
-        request_log.info(
-            "prediction",
-            extra={
-                "request_id": request_id,
-                "model": name,
-                "alias": alias,
-                "version": version,
-                "status": status,
-                "latency_ms": round(elapsed * 1000, 3),
-            },
-        )
+    if outcome.extra_columns:
+        headers["X-Ignored-Columns"] = ",".join(outcome.extra_columns)[:1000]
     return response
 
 
@@ -250,32 +206,3 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise BodyTooLarge(limit)
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _not_ready(service: Service) -> list[str]:
-    s = service.settings
-    required = s.required_models if s.required_models is not None else (s.models or [])
-    reasons = []
-    if not service.table.models and not required:
-        reasons.append(service.watcher.registry_error or "no model with a required alias found yet")
-    for name in required:
-        served = service.table.models.get(name)
-        if served is None:
-            reasons.append(service.watcher.registry_error or f"model '{name}' not loaded yet")
-    for served in service.table.models.values():
-        if (s.required_models is None or served.name in s.required_models) and not served.ready:
-            slot = served.slots[served.required_alias]
-            reasons.append(f"{served.name}@{slot.alias}: {slot.error or slot.note or slot.state}")
-    return reasons
-
-
-def _predict_mode(loaded: Any) -> dict[str, Any] | None:
-    if loaded is None:
-        return None
-    return {
-        "inline": loaded.inline,
-        "warmup_ms": round(loaded.warmup_ms, 3),
-        "validated_here": loaded.spec is not None,
-        "direct_call": loaded.native is not None,
-        "load_s": round(loaded.load_s, 3),
-    }

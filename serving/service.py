@@ -4,10 +4,13 @@ import asyncio
 import logging
 import random
 import threading
+import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from registry.refs import ModelRef
 from serving import protocol, traffic
 from serving.errors import ModelFailed, Overloaded, PredictTimeout, ServingError
 from serving.metrics import Metrics
@@ -15,6 +18,7 @@ from serving.model import LoadedModel
 from serving.settings import ServingSettings
 from serving.shadow import Agreement
 from serving.slots import ServedModel, SlotTable
+from serving.status import Readiness, Status, check_model, check_process, describe
 from serving.watcher import Watcher
 from serving.webhooks import Verifier
 
@@ -22,17 +26,39 @@ logger = logging.getLogger("serving.requests")
 
 SHADOW_BACKLOG = 16
 """Shadow predictions queued or running at most; beyond that a sample is skipped and counted."""
+NO_PREDICTIONS = protocol.encode([])
+"""The answer to a validated request of zero rows, for which no model is called."""
 
 
 @dataclass(frozen=True, slots=True)
-class Answer:
-    """A prediction, encoded, and the version that made it."""
+class Outcome:
+    """How one prediction request ended, whatever the ending: returned, never raised.
 
-    body: bytes
-    model: LoadedModel
-    alias: str
-    extra_columns: tuple[str, ...]
-    fallback: bool
+    `ref` and `alias` name the version the request was routed to: the one that answered, or
+    that refused its input (400), failed (500), took too long (504) or was too busy (503). Both
+    are None when the request ended before routing (unknown model or alias, nothing loaded yet,
+    body too large).
+    """
+
+    request_id: str
+    """The client's X-Request-ID, or one made up for the request."""
+    error: ServingError | None = None
+    """Why the request got no predictions; None when it did."""
+    body: bytes = b""
+    """The encoded predictions, when `error` is None."""
+    ref: ModelRef | None = None
+    alias: str | None = None
+    extra_columns: tuple[str, ...] = ()
+    """Columns outside the signature, ignored."""
+    fallback: bool = False
+    """The split chose an alias that was not loaded; the required alias answered instead."""
+    latency_s: float = 0.0
+    """From the request's arrival to its outcome."""
+
+    @property
+    def status(self) -> int:
+        """The HTTP status: 200, or the error's."""
+        return 200 if self.error is None else self.error.status_code
 
 
 class Service:
@@ -48,7 +74,7 @@ class Service:
         # of production predictions, a slow shadow cannot pile up work, one thread tallies.
         self.shadow_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
         self._shadow_backlog = threading.BoundedSemaphore(SHADOW_BACKLOG)
-        self.in_flight = 0
+        self._in_flight = 0
         self._random = random.Random()
         secret = settings.webhook_secret
         self.webhooks = Verifier(secret.get_secret_value()) if secret else None
@@ -67,6 +93,18 @@ class Service:
         self.shadow_executor.shutdown(wait=True, cancel_futures=True)
         self.executor.shutdown(wait=True)
 
+    def readiness(self) -> Readiness:
+        """Whether every required model serves its required alias; else why not."""
+        return check_process(self.settings, self.table, self.watcher.registry_error)
+
+    def model_readiness(self, name: str) -> Readiness:
+        """Whether model `name` serves its required alias; else why not. UnknownModel (404)."""
+        return check_model(self.table.model(name))
+
+    def status(self) -> Status:
+        """Every served model: aliases, versions, states, errors, traffic and shadow agreement."""
+        return describe(self.table, self.watcher.registry_error, self.watcher.last_poll)
+
     def default_model(self) -> str:
         """The model behind /invocations: the configured one, else the first served by name."""
         if self.settings.default_model:
@@ -77,31 +115,106 @@ class Service:
         return names[0]
 
     async def invoke(
-        self, name: str, alias: str | None, key: str | None, body: bytes, content_type: str | None
-    ) -> Answer:
-        """Route, decode, validate, predict and encode one request."""
-        served = self.table.model(name)
-        fallback = False
-        if alias is None:
-            choice = traffic.choose(
-                served.split, key, served.loaded_aliases(), served.required_alias
-            )
-            alias, fallback = choice.alias, choice.fallback
-            if fallback:
-                self.metrics.fallbacks.labels(name, alias).inc()
-        _, loaded = self.table.loaded(name, alias)
+        self,
+        name: str | None,
+        alias: str | None,
+        body: bytes,
+        content_type: str | None,
+        *,
+        routing_key: str | None = None,
+        request_id: str | None = None,
+        started: float | None = None,
+    ) -> Outcome:
+        """Route, decode, validate, predict and encode one request; count and log it.
+
+        `name` None is the default model; `alias` None lets the traffic split choose, sticky by
+        `routing_key`. `started` is the `time.perf_counter()` of the request's arrival (default:
+        now). A validated request of zero rows is answered with no predictions, without a model.
+        """
+        if started is None:
+            started = time.perf_counter()
+        request_id = request_id or uuid.uuid4().hex
+        loaded: LoadedModel | None = None
+        error: ServingError | None = None
+        extra: tuple[str, ...] = ()
+        fallback, answer = False, b""
         try:
+            name = name or self.default_model()
+            served = self.table.model(name)
+            if alias is None:
+                choice = traffic.choose(
+                    served.split, routing_key, served.loaded_aliases(), served.required_alias
+                )
+                alias, fallback = choice.alias, choice.fallback
+                if fallback:
+                    self.metrics.fallbacks.labels(name, alias).inc()
+            _, loaded = self.table.loaded(name, alias)
             decoded = protocol.decode(body, content_type, loaded.spec, loaded.schema)
-            extra = decoded.batch.extra if decoded.batch is not None else ()
-            if extra:
+            batch = decoded.batch
+            if batch is not None and batch.extra:
+                extra = batch.extra
                 self.metrics.extra_columns.labels(name).inc()
-            predictions = await self._predict(loaded, alias, decoded)
-        except ServingError as error:
-            error.served_by = (loaded, alias)
-            raise
-        if alias == served.required_alias and self._shadow_sampled(name):
-            self._shadow(served, loaded, decoded, predictions)
-        return Answer(protocol.encode(predictions), loaded, alias, extra, fallback)
+            if batch is not None and batch.rows == 0:
+                answer = NO_PREDICTIONS
+            else:
+                predictions = await self._predict(loaded, alias, decoded)
+                if alias == served.required_alias and self._shadow_sampled(name):
+                    self._shadow(served, loaded, decoded, predictions)
+                answer = protocol.encode(predictions)
+        except ServingError as failure:
+            error = failure
+        outcome = Outcome(
+            request_id,
+            error,
+            answer,
+            ref=loaded.ref if loaded is not None else None,
+            alias=alias if loaded is not None else None,
+            extra_columns=extra,
+            fallback=fallback,
+            latency_s=time.perf_counter() - started,
+        )
+        self._record(outcome, name, alias)
+        return outcome
+
+    def refused(
+        self,
+        error: ServingError,
+        name: str | None,
+        alias: str | None,
+        *,
+        request_id: str | None = None,
+        started: float | None = None,
+    ) -> Outcome:
+        """The outcome of a request refused before it reached `invoke` (its body too large),
+        logged like any other. Arguments as for `invoke`."""
+        latency_s = 0.0 if started is None else time.perf_counter() - started
+        outcome = Outcome(request_id or uuid.uuid4().hex, error, latency_s=latency_s)
+        self._record(outcome, name, alias)
+        return outcome
+
+    def _record(self, outcome: Outcome, name: str | None, alias: str | None) -> None:
+        """The request's metrics and its log line (never the payload)."""
+        ref = outcome.ref
+        # Only routed requests are counted: their labels name served versions, a bounded set,
+        # where a request for an unknown model would add a series per name clients make up.
+        if ref is not None:
+            answered_by = outcome.alias
+            status = str(outcome.status)
+            self.metrics.requests.labels(ref.name, answered_by, ref.version, status).inc()
+            self.metrics.latency.labels(ref.name, answered_by, ref.version).observe(outcome.latency_s)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "prediction",
+                extra={
+                    "request_id": outcome.request_id,
+                    "model": name,
+                    "alias": alias,
+                    "version": ref.version if ref is not None else None,
+                    "status": outcome.status,
+                    "latency_ms": round(outcome.latency_s * 1000, 3),
+                    "fallback": outcome.fallback,
+                },
+            )
 
     def _shadow_sampled(self, name: str) -> bool:
         rate = self.settings.shadow.get(name, 0.0)
@@ -139,9 +252,11 @@ class Service:
         self.shadow_executor.submit(score)
 
     async def _predict(self, loaded: LoadedModel, alias: str, decoded: protocol.Decoded) -> Any:
-        if self.in_flight >= self.settings.max_in_flight:
+        if self._in_flight >= self.settings.max_in_flight:
             raise Overloaded(f"more than {self.settings.max_in_flight} requests in flight")
-        self.in_flight += 1
+        gauge = self.metrics.in_flight_of(loaded.ref.name)
+        self._in_flight += 1
+        gauge.inc()
         try:
             if loaded.inline:
                 return loaded.predict(decoded)
@@ -164,4 +279,5 @@ class Service:
             )
             raise ModelFailed(loaded.ref.name, alias, loaded.ref.version) from None
         finally:
-            self.in_flight -= 1
+            self._in_flight -= 1
+            gauge.dec()

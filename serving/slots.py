@@ -6,7 +6,6 @@ and the old version is released when the last of them lets go.
 """
 
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -73,7 +72,6 @@ class ServedModel:
     split: TrafficSplit
     required_alias: str
     split_problem: str | None = None
-    strict: bool = False
     shadow: dict[tuple[str, str], Agreement] = field(default_factory=dict)
     """Agreement of shadow scoring, by (production version, staging version)."""
 
@@ -92,10 +90,6 @@ class SlotTable:
     """Every served model, by name."""
 
     models: dict[str, ServedModel] = field(default_factory=dict)
-
-    def __iter__(self) -> Iterator[Slot]:
-        for served in self.models.values():
-            yield from served.slots.values()
 
     def model(self, name: str) -> ServedModel:
         """The served model `name`, or 404."""

@@ -110,7 +110,6 @@ class Watcher:
             {alias: Slot(name, alias) for alias in s.aliases},
             _config_split(s, name),
             s.required_alias,
-            strict=name in s.strict_models,
         )
         self.table.models[name] = served
         return served

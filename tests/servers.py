@@ -1,31 +1,34 @@
 """Real servers for tests: moto's S3 server and an `mlflow server` process on a free port."""
 
 import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
-import requests
 from mlflow.tracking._tracking_service import utils as tracking_utils
+
+from modelyard.processes import answers_ok, free_port, start_tracking_server
+from modelyard.processes import stop_group as stop
+
+__all__ = [
+    "S3_ENV",
+    "free_port",
+    "restoring_tracking_uri",
+    "start_mlflow",
+    "stop",
+    "wait_http",
+]
 
 S3_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+WEBHOOK_KEY = "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0xMjM0NTY="
+"""A fixed Fernet key for MLflow's webhook secrets: the tests' servers are throwaway."""
 
 
 def wait_http(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
@@ -34,11 +37,8 @@ def wait_http(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60)
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{process.args} exited with {process.returncode}")
-        try:
-            if requests.get(url, timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
+        if answers_ok(url, timeout_s=1):
+            return
         time.sleep(0.2)
     raise TimeoutError(f"{url} did not answer within {timeout_s} s")
 
@@ -48,58 +48,17 @@ def start_mlflow(
 ) -> tuple[str, subprocess.Popen[bytes]]:
     """Start `mlflow server` (SQLite under workdir unless given) proxying artifacts to S3."""
     port = free_port()
-    env = (
-        os.environ
-        | S3_ENV
-        | {
-            "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
-            "MLFLOW_DISABLE_TELEMETRY": "true",
-            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # else it takes ~20 s to stop
-            "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0xMjM0NTY=",
-            "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
-            "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
-        }
+    server = start_tracking_server(
+        backend_store_uri=backend_uri or f"sqlite:///{workdir / 'mlflow.db'}",
+        artifacts_destination=f"s3://{bucket}/artifacts",
+        s3=S3_ENV | {"MLFLOW_S3_ENDPOINT_URL": s3_endpoint},
+        webhook_key=WEBHOOK_KEY,
+        host="127.0.0.1",
+        port=port,
+        log=workdir / f"mlflow-{port}.log",
+        timeout_s=120,
     )
-    log = (workdir / f"mlflow-{port}.log").open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            backend_uri or f"sqlite:///{workdir / 'mlflow.db'}",
-            "--artifacts-destination",
-            f"s3://{bucket}/artifacts",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{uri}/health", process)
-    except (RuntimeError, TimeoutError):
-        stop(process)
-        raise
-    return uri, process
-
-
-def stop(process: subprocess.Popen[bytes], grace_s: float = 20) -> None:
-    """SIGTERM the process group; SIGKILL it if it has not exited after `grace_s`."""
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    return server.uri, server.child.process
 
 
 @contextmanager

@@ -1,11 +1,21 @@
 """The contract's compatibility rules, and that the gate and the serving swap apply them alike."""
 
+import time
+from pathlib import Path
+
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.models import ModelSignature
 from mlflow.models.utils import _enforce_mlflow_datatype
+from mlflow.pyfunc import PyFuncModel
 from mlflow.types import ColSpec, DataType, Schema, TensorSpec
 
+from gates.evaluation import DataSource, EvaluationData
+from gates.gate import gather
+from gates.policy import parse
+from gates.verdict import judge
 from registry.contract import (
     WIDER_TYPES,
     Column,
@@ -15,6 +25,9 @@ from registry.contract import (
     input_breaks,
     output_breaks,
 )
+from registry.refs import ModelRef
+from serving.model import LoadedModel, prepare
+from serving.watcher import ContractBroken, check_contract
 
 BASE = (Column("a", "double"), Column("b", "long"), Column("c", "string", required=False))
 
@@ -152,3 +165,126 @@ def test_wider_types_match_mlflow_enforcement():
     for old in _NUMERIC:
         measured = {new for new in _NUMERIC if _accepted(new) >= _accepted(old)}
         assert measured == set(WIDER_TYPES.get(old, {old})), old
+
+
+# -- one rule for the gate and the serving swap ------------------------------------------------
+
+ECHO_MODEL = '''\
+"""Answers every row with the output columns and dtypes its config names."""
+import mlflow
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+
+class Echo(PythonModel):
+    def load_context(self, context):
+        self.outputs = context.model_config["outputs"]
+
+    def predict(self, context, model_input, params=None):
+        labels = [i % 2 for i in range(len(model_input))]
+        return pd.DataFrame({name: pd.Series(labels, dtype=kind) for name, kind in self.outputs})
+
+
+mlflow.models.set_model(Echo())
+'''
+CONTRACT_OUTPUTS = (("label", "long", "int64"), ("probability", "double", "float64"))
+BASELINE_INPUTS = (("a", "double", True), ("n", "integer", True))
+EXAMPLE_VALUES = {"double": 0.0, "integer": 1, "long": 1}
+"""Input-example values per column type; 0.0 is also what the gate's evaluation rows hold."""
+DTYPES = {"double": "float64", "integer": "int32", "long": "int64"}
+
+CASES = {
+    # case: (candidate inputs, candidate outputs, breaks clients?)
+    "same contract": (BASELINE_INPUTS, CONTRACT_OUTPUTS, False),
+    "added optional column": (
+        (*BASELINE_INPUTS, ("note", "double", False)),
+        CONTRACT_OUTPUTS,
+        False,
+    ),
+    "reordered columns": (BASELINE_INPUTS[::-1], CONTRACT_OUTPUTS, False),
+    "widened integer to long": (
+        (("a", "double", True), ("n", "long", True)),
+        CONTRACT_OUTPUTS,
+        False,
+    ),
+    "narrowed double to long": (
+        (("a", "long", True), ("n", "integer", True)),
+        CONTRACT_OUTPUTS,
+        True,
+    ),
+    "removed column": (BASELINE_INPUTS[:1], CONTRACT_OUTPUTS, True),
+    "new required column": (
+        (*BASELINE_INPUTS, ("extra", "double", True)),
+        CONTRACT_OUTPUTS,
+        True,
+    ),
+    "output column retyped": (
+        BASELINE_INPUTS,
+        (("label", "long", "int64"), ("probability", "float", "float32")),
+        True,
+    ),
+}
+
+
+def _save_echo(
+    directory: Path,
+    inputs: tuple[tuple[str, str, bool], ...],
+    outputs: tuple[tuple[str, str, str], ...],
+) -> PyFuncModel:
+    code = directory / "echo.py"
+    code.write_text(ECHO_MODEL)
+    example = pd.DataFrame(
+        {
+            name: pd.Series([EXAMPLE_VALUES[kind]] * 3, dtype=DTYPES[kind])
+            for name, kind, _ in inputs
+        }
+    )
+    mlflow.pyfunc.save_model(
+        directory / "model",
+        python_model=str(code),
+        model_config={"outputs": [[name, dtype] for name, _, dtype in outputs]},
+        signature=ModelSignature(
+            inputs=Schema([ColSpec(kind, name, required=req) for name, kind, req in inputs]),
+            outputs=Schema([ColSpec(kind, name) for name, kind, _ in outputs]),
+        ),
+        input_example=example,
+        pip_requirements=["mlflow", "pandas"],
+    )
+    return mlflow.pyfunc.load_model(str(directory / "model"))
+
+
+@pytest.fixture(scope="module")
+def baseline_model(tmp_path_factory: pytest.TempPathFactory) -> PyFuncModel:
+    return _save_echo(tmp_path_factory.mktemp("baseline"), BASELINE_INPUTS, CONTRACT_OUTPUTS)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_gate_and_swap_agree_on_compatibility(
+    case: str, baseline_model: PyFuncModel, tmp_path: Path
+):
+    """Each case, through the gate's evidence and the serving swap's check: the same answer."""
+    inputs, outputs, broken = CASES[case]
+    candidate_model = _save_echo(tmp_path, inputs, outputs)
+
+    policy = parse(
+        "metrics:\n  accuracy: {min: 0.0}\ncompatibility: {inputs: true, outputs: true}\n"
+    )
+    rows = pd.DataFrame({"a": [0.0, 0.0, 0.0, 0.0], "n": np.array([1, 1, 1, 1], dtype="int32")})
+    data = EvaluationData(
+        DataSource("file", "table.csv", "target"), rows, np.array([0, 1, 0, 1]), "0" * 64
+    )
+    evidence = gather(policy, data, candidate_model, baseline_model)
+    gate_breaks = [*(evidence.input_breaks or ()), *(evidence.output_breaks or ())]
+    assert bool(gate_breaks) is broken, gate_breaks
+    assert judge(policy, evidence).passed is not broken
+
+    def loaded(model: PyFuncModel, version: str) -> LoadedModel:
+        ref = ModelRef("table", version)
+        return prepare(ref, model, strict=False, inline_below_ms=0, started=time.monotonic())
+
+    current, new = loaded(baseline_model, "1"), loaded(candidate_model, "2")
+    if broken:
+        with pytest.raises(ContractBroken):
+            check_contract(current, new)
+    else:
+        check_contract(current, new)

@@ -17,8 +17,8 @@ from gates.evaluation import sha256_of
 from gates.gate import EXPERIMENT, RUN_ID_TAG, VERDICT_TAG, GateSpec, promote_if_passed
 from gates.policy import load
 from gates.verdict import Check, Verdict
+from modelyard.cli import app
 from registry import history, versions
-from registry.cli import app
 from registry.client import connect
 from registry.refs import ModelRef
 from tests.conftest import DemoRegistry

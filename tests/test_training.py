@@ -8,13 +8,16 @@ import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from mlflow.tracking._tracking_service import utils as tracking_utils
 from typer.testing import CliRunner
 
 from modelyard.cli import app
-from registry.contract import HOLDOUT_ARTIFACT
+from registry.client import connect
+from registry.contract import HOLDOUT_ARTIFACT, HOLDOUT_TARGET
 from tests.conftest import BUCKET, S3, DemoRegistry
 from training import models
-from training.datasets import TARGET, load_split
+from training.datasets import load_split
+from training.run import TrainSpec, train
 
 
 def _s3_keys(s3: S3, contains: str) -> list[str]:
@@ -50,7 +53,29 @@ def test_training_logs_holdout_with_target_in_s3(demo_registry: DemoRegistry, s3
     holdout = pd.read_parquet(io.BytesIO(_read_s3(s3, key)))
     split = load_split("breast-cancer")
     assert len(holdout) == len(split.x_holdout)
-    assert list(holdout.columns) == [*split.features, TARGET]
+    assert list(holdout.columns) == [*split.features, HOLDOUT_TARGET]
+
+
+def test_training_goes_through_its_client_only(tracking_uri: str):
+    """With MLflow's process-wide tracking URI pointing nowhere, training still logs and registers
+    through the client it was given, and leaves that URI as it found it."""
+    previous = tracking_utils._tracking_uri
+    mlflow.set_tracking_uri("http://127.0.0.1:9")
+    try:
+        ref = train(TrainSpec("sklearn", model_name="client-only"), connect(tracking_uri))
+        assert tracking_utils._tracking_uri == "http://127.0.0.1:9"
+    finally:
+        mlflow.set_tracking_uri(previous)
+    client = MlflowClient(tracking_uri)
+    assert ref.run_id is not None
+    run = client.get_run(ref.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["framework"] == "sklearn"
+    assert run.data.metrics["holdout_accuracy"] > 0.9
+    source = client.get_model_version("client-only", ref.version).source
+    logged = client.get_logged_model(source.removeprefix("models:/"))
+    assert (logged.source_run_id, str(logged.status)) == (ref.run_id, "READY")
+    assert [output.model_id for output in run.outputs.model_outputs] == [logged.model_id]
 
 
 def test_training_sets_aliases(demo_registry: DemoRegistry):

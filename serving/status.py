@@ -1,0 +1,162 @@
+"""What a serving process says about itself: readiness and the `/models` document, as values.
+
+Pure functions of the slot table, the settings and the watcher's last registry error, so the
+routes that answer probes and status requests only turn these values into responses.
+"""
+
+from dataclasses import dataclass
+
+from serving.model import LoadedModel
+from serving.settings import ServingSettings
+from serving.slots import ServedModel, Slot, SlotTable, State
+from serving.traffic import Source
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """Ready, or every reason why not (each naming the model, alias or registry at fault)."""
+
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def ready(self) -> bool:
+        """True when nothing is missing."""
+        return not self.reasons
+
+
+@dataclass(frozen=True, slots=True)
+class PredictMode:
+    """How a loaded version predicts, as warm-up measured it."""
+
+    inline: bool
+    warmup_ms: float
+    validated_here: bool
+    direct_call: bool
+    load_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class AliasStatus:
+    """One slot: what it serves, what it is loading, what went wrong."""
+
+    state: State
+    version: str | None
+    run_id: str | None
+    target: str | None
+    """The version being loaded now, if any."""
+    registry_version: str | None
+    """The version the alias named at the last poll."""
+    predict: PredictMode | None
+    last_error: str | None
+    note: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficStatus:
+    """The traffic split in force and where it came from."""
+
+    weights: dict[str, float]
+    salt: str
+    source: Source
+    problem: str | None
+    """Why the tag's split was not used, when it was not."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStatus:
+    """One served model: readiness, traffic, shadow agreement and its aliases."""
+
+    ready: bool
+    required_alias: str
+    traffic: TrafficStatus
+    shadow: dict[str, dict[str, float | int | None]]
+    """Agreement by `production version->shadow version`."""
+    aliases: dict[str, AliasStatus]
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Every served model, and how the registry answered the last poll."""
+
+    registry_error: str | None
+    last_poll: float | None
+    """Unix time of the last successful poll."""
+    models: dict[str, ModelStatus]
+
+
+def check_process(
+    settings: ServingSettings, table: SlotTable, registry_error: str | None
+) -> Readiness:
+    """Ready when every required model serves its required alias (default: every served model,
+    and at least one); else the reasons, the registry's error first where it is the cause."""
+    required = settings.required_models
+    expected = required if required is not None else (settings.models or [])
+    reasons = []
+    if not table.models and not expected:
+        reasons.append(registry_error or "no model with a required alias found yet")
+    for name in expected:
+        if name not in table.models:
+            reasons.append(registry_error or f"model '{name}' not loaded yet")
+    for served in table.models.values():
+        if (required is None or served.name in required) and not served.ready:
+            slot = served.slots[served.required_alias]
+            reasons.append(f"{served.name}@{slot.alias}: {slot.error or slot.note or slot.state}")
+    return Readiness(tuple(reasons))
+
+
+def check_model(served: ServedModel) -> Readiness:
+    """Ready when the model's required alias has a loaded version; else why not."""
+    if served.ready:
+        return Readiness()
+    slot = served.slots[served.required_alias]
+    return Readiness((slot.error or slot.note or f"alias '{slot.alias}' is {slot.state}",))
+
+
+def describe(table: SlotTable, registry_error: str | None, last_poll: float | None) -> Status:
+    """The `/models` document: every served model, its aliases and traffic."""
+    return Status(
+        registry_error,
+        last_poll,
+        {name: _model_status(served) for name, served in table.models.items()},
+    )
+
+
+def _model_status(served: ServedModel) -> ModelStatus:
+    split = served.split
+    return ModelStatus(
+        ready=served.ready,
+        required_alias=served.required_alias,
+        traffic=TrafficStatus(dict(split.weights), split.salt, split.source, served.split_problem),
+        shadow={
+            f"{production}->{shadow}": tally.summary()
+            # a copy: the shadow thread may add a pair while this runs
+            for (production, shadow), tally in list(served.shadow.items())
+        },
+        aliases={alias: _alias_status(slot) for alias, slot in served.slots.items()},
+    )
+
+
+def _alias_status(slot: Slot) -> AliasStatus:
+    current = slot.current
+    return AliasStatus(
+        state=slot.state,
+        version=current.ref.version if current else None,
+        run_id=current.ref.run_id if current else None,
+        target=slot.loading,
+        registry_version=slot.wanted,
+        predict=_predict_mode(current),
+        last_error=slot.error,
+        note=slot.note,
+    )
+
+
+def _predict_mode(loaded: LoadedModel | None) -> PredictMode | None:
+    if loaded is None:
+        return None
+    return PredictMode(
+        inline=loaded.inline,
+        warmup_ms=round(loaded.warmup_ms, 3),
+        validated_here=loaded.spec is not None,
+        direct_call=loaded.native is not None,
+        load_s=round(loaded.load_s, 3),
+    )
