@@ -1,9 +1,10 @@
 """Does the gate tell noise from a real regression, and how long does one gate take?
 
-    .venv/bin/python bench/gate_seeds.py [--seeds 20] [--config torch|random-forest|...]
+    .venv/bin/python -m bench.gate_seeds [--seeds 20] [--config torch|random-forest|...]
+    .venv/bin/python -m bench.gate_seeds --quick     # smoke run (2 seeds), JSON in a temp file
 
-Starts its own registry (moto's S3 server and an `mlflow server` on SQLite, as the tests do),
-then, with the shipped `gate.yaml`:
+Starts its own registry (moto's S3 server and an `mlflow server` on SQLite, as the other
+benchmarks do), then, with the shipped `gate.yaml`:
 
 1. trains the demo classifier's configuration with seed 0 as the baseline, then with seeds
    1..N, and gates each retrain against the baseline: goal, at most 1 of N fails;
@@ -17,95 +18,94 @@ configuration whose seed does change the model: the demo's PyTorch MLP by defaul
 staging model), or a scikit-learn estimator with `--config random-forest`. (A random forest
 gives hard 0/1 probabilities, which the shipped policy's log-loss bound punishes: gate
 `log_loss` only for models whose probabilities are calibrated.)
-Writes bench/results/gate.json (bench/results/gate-<config>.json for other configurations).
+Writes bench/results/gate.json (bench/results/gate-<config>.json for other configurations);
+bench/analysis.py judges the goals from the runs it records.
 """
 
 import argparse
 import json
 import logging
 import os
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import boto3  # noqa: E402
-from moto.server import ThreadedMotoServer  # noqa: E402
-
-from registry import gate, policy  # noqa: E402
-from registry.client import connect  # noqa: E402
-from tests.servers import S3_ENV, free_port, start_mlflow  # noqa: E402
-from training.run import TrainSpec, train  # noqa: E402
+from bench import analysis, report
+from bench.processes import ROOT, registry
+from gates import gate, policy
+from registry.client import Client, connect
+from training.run import TrainSpec, train
 
 MODEL = "cancer-classifier"
-BUCKET = "modelyard-bench"
 POLICY = ROOT / "gate.yaml"
 RESULTS = ROOT / "bench" / "results" / "gate.json"
+DEMO_GATE_COMMAND = (
+    "python -m gates cancer-classifier --candidate staging --baseline production --policy gate.yaml"
+)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument(
         "--config", default="torch", help="torch, or a scikit-learn estimator (random-forest)"
     )
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 seeds, temp JSON")
+    parser.add_argument("--output", type=Path, help="results file (default: by --config)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds = 2
+    name = "gate.json" if args.config == "torch" else f"gate-{args.config}.json"
+    quick = Path(tempfile.gettempdir()) / f"modelyard-{name}"
+    path = args.output or (quick if args.quick else RESULTS.with_name(name))
     logging.basicConfig(level=logging.WARNING)
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     started = time.monotonic()
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="gate-bench-") as tmp:
-        uri, stop = _start_registry(Path(tmp))
-        try:
-            os.environ["MLFLOW_TRACKING_URI"] = uri
-            results = _bench(uri, Path(tmp), args.seeds, args.config)
-        finally:
-            stop()
+    with tempfile.TemporaryDirectory(prefix="gate-bench-") as tmp, registry(Path(tmp)) as uri:
+        os.environ["MLFLOW_TRACKING_URI"] = uri  # the gate command's process reads it
+        results = _bench(connect(uri), Path(tmp), args.seeds, args.config)
     results["bench_seconds"] = round(time.monotonic() - started, 1)
     results["machine"] = {
         "cores": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
-    path = RESULTS if args.config == "torch" else RESULTS.with_name(f"gate-{args.config}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(_headline(results), indent=2))
-    print(f"wrote {path.relative_to(ROOT)}")
+    goals = analysis.gate_goals(results)
+    print(report.goal_table(goals))
+    print(f"\n{report.goal_summary(goals)}; {results['bench_seconds']:.0f} s; wrote {path}")
 
 
-def _bench(uri: str, tmp: Path, seeds: int, config: str) -> dict[str, Any]:
+def _bench(client: Client, tmp: Path, seeds: int, config: str) -> dict[str, Any]:
     parsed, digest = policy.load(POLICY)
-    client = connect(uri)
 
     def trained(config: str, **options: Any) -> str:
         framework = "torch" if config == "torch" else "sklearn"
         estimator = {} if config == "torch" else {"estimator": config}
         spec = TrainSpec(framework, model_name=MODEL, **estimator, **options)
-        return train(spec, uri).version
+        return train(spec, client).version
 
     def gated(candidate: str, baseline: str) -> dict[str, Any]:
         spec = gate.GateSpec(
             MODEL, candidate, baseline, parsed, POLICY, digest, report_dir=tmp / "reports"
         )
         clock = time.monotonic()
-        report = gate.run(client, spec).report
-        failed = [c.name for c in report.verdict.checks if not c.passed]
-        improvements = report.evidence.improvements
-        latency = report.evidence.latency
+        outcome = gate.run(client, spec).report
+        failed = [c.name for c in outcome.verdict.checks if not c.passed]
+        improvements = outcome.evidence.improvements
+        latency = outcome.evidence.latency
         return {
             "candidate": candidate,
-            "passed": report.verdict.passed,
+            "passed": outcome.verdict.passed,
             "failed_checks": failed,
-            "accuracy": report.evidence.candidate and report.evidence.candidate["accuracy"],
+            "accuracy": outcome.evidence.candidate and outcome.evidence.candidate["accuracy"],
             "improvement_ci": {
                 name: [round(i.low, 4), round(i.high, 4)] for name, i in improvements.items()
             },
@@ -133,52 +133,29 @@ def _bench(uri: str, tmp: Path, seeds: int, config: str) -> dict[str, Any]:
     linear = [trained("linear", seed=seed) for seed in (0, 1)]
     linear_gate = gated(linear[1], linear[0])
     say("demo pair: timing `gate` in a fresh process")
-    demo = _demo_gate(uri, tmp)
-    seed_failures = sum(not r["passed"] for r in seed_runs)
-    shuffled_failures = sum(not r["passed"] for r in shuffled_runs)
+    walls, reports = _demo_gate(client, tmp)
     return {
-        "command": ".venv/bin/python bench/gate_seeds.py",
+        "command": ".venv/bin/python -m bench.gate_seeds",
         "policy": str(POLICY.relative_to(ROOT)),
         "policy_sha256": digest,
-        "seed_study": {
-            "config": config,
-            "baseline_seed": 0,
-            "candidates": seeds,
-            "failed": seed_failures,
-            "goal": "at most 1 fails",
-            "met": seed_failures <= 1,
-            "gate_seconds_median": statistics.median(r["gate_seconds"] for r in seed_runs),
-            "runs": seed_runs,
-        },
-        "shuffled_labels": {
-            "config": config,
-            "candidates": seeds,
-            "failed": shuffled_failures,
-            "goal": "all fail",
-            "met": shuffled_failures == seeds,
-            "runs": shuffled_runs,
-        },
-        "linear_seed_independent": {
-            "note": "seed 0 vs seed 1 of the demo's linear configuration",
-            "improvement_ci": linear_gate["improvement_ci"],
-            "identical": all(ci == [0.0, 0.0] for ci in linear_gate["improvement_ci"].values()),
-        },
-        "demo_gate": demo,
+        "seed_study": analysis.seed_study(config, seed_runs),
+        "shuffled_labels": analysis.shuffled_study(config, shuffled_runs),
+        "linear_seed_independent": analysis.seed_independence(linear_gate["improvement_ci"]),
+        "demo_gate": analysis.demo_gate(DEMO_GATE_COMMAND, walls, reports),
     }
 
 
-def _demo_gate(uri: str, tmp: Path) -> dict[str, Any]:
-    """The demo pair as `modelyard up` trains it, gated by the CLI in a fresh process."""
-    train(TrainSpec("sklearn", alias="production"), uri)
-    train(TrainSpec("torch", alias="staging"), uri)
+def _demo_gate(client: Client, tmp: Path) -> tuple[list[float], list[dict[str, Any]]]:
+    """The demo pair as `modelyard up` trains it, gated by the CLI in a fresh process three
+    times: the wall seconds and the JSON report of each."""
+    train(TrainSpec("sklearn", alias="production"), client)
+    train(TrainSpec("torch", alias="staging"), client)
     walls, reports = [], []
     for attempt in range(3):
         report_dir = tmp / f"demo-{attempt}"
-        command = [
-            sys.executable, "-m", "registry", "gate", MODEL,
-            "--candidate", "staging", "--baseline", "production",
-            "--policy", str(POLICY), "--report-dir", str(report_dir),
-        ]  # fmt: skip
+        command = [sys.executable, "-m", "gates", MODEL, "--candidate", "staging"]
+        command += ["--baseline", "production", "--policy", str(POLICY)]
+        command += ["--report-dir", str(report_dir)]
         clock = time.monotonic()
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
         walls.append(round(time.monotonic() - clock, 2))
@@ -186,67 +163,7 @@ def _demo_gate(uri: str, tmp: Path) -> dict[str, Any]:
             raise RuntimeError(f"demo gate could not evaluate: {done.stderr}")
         reports.append(json.loads(next(report_dir.glob("gate-*.json")).read_text()))
         say(f"  attempt {attempt + 1}: {walls[-1]} s, {reports[-1]['verdict']}")
-    last = reports[-1]
-    return {
-        "command": "python -m registry gate cancer-classifier --candidate staging "
-        "--baseline production --policy gate.yaml",
-        "wall_seconds": walls,
-        "median_wall_seconds": statistics.median(walls),
-        "in_process_seconds": [r["seconds"] for r in reports],
-        "phases_last_run": last["phases"],
-        "verdicts": [r["verdict"] for r in reports],
-        "goal": "under 30 s",
-        "met": statistics.median(walls) < 30,
-        "last_stdout_table": last["table"],
-    }
-
-
-def _start_registry(workdir: Path) -> tuple[str, Any]:
-    """moto's S3 server and an MLflow server proxying artifacts to it; returns (uri, stop)."""
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    port = free_port()
-    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    s3.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"],
-        region_name=S3_ENV["AWS_DEFAULT_REGION"],
-    ).create_bucket(Bucket=BUCKET)
-    uri, process = start_mlflow(workdir, endpoint, BUCKET)
-
-    def stop() -> None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        s3.stop()
-
-    return uri, stop
-
-
-def _headline(results: dict[str, Any]) -> dict[str, Any]:
-    seeds, shuffled, demo = results["seed_study"], results["shuffled_labels"], results["demo_gate"]
-    accuracies = [r["accuracy"] for r in seeds["runs"]]
-    return {
-        "seed retrains failing (goal <= 1)": f"{seeds['failed']}/{seeds['candidates']}",
-        "retrain accuracy range": [round(min(accuracies), 4), round(max(accuracies), 4)],
-        "shuffled-label candidates failing (goal all)": (
-            f"{shuffled['failed']}/{shuffled['candidates']}"
-        ),
-        "linear model seed-independent": results["linear_seed_independent"]["identical"],
-        "demo gate wall seconds (goal < 30)": demo["wall_seconds"],
-        "demo gate phases (s)": demo["phases_last_run"],
-        "load average before/after": [
-            results["machine"]["load_average_before"][0],
-            results["machine"]["load_average_after"][0],
-        ],
-        "bench seconds": results["bench_seconds"],
-        "all goals met": seeds["met"] and shuffled["met"] and demo["met"],
-    }
+    return walls, reports
 
 
 def say(message: str) -> None:

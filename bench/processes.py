@@ -167,7 +167,12 @@ def start_serving(
     core: str | None = None,
     workers: int = 1,
 ) -> Process:
-    """`modelyard serve` on a free port with these MODELYARD_* settings."""
+    """`modelyard serve` on a free port with these MODELYARD_* settings.
+
+    Run as `python -m modelyard` from the repository root, so that it serves this working
+    tree's packages whatever the virtualenv's installed entry points know of.
+    """
     port = free_port()
-    command = [str(BIN / "modelyard"), "serve", "--port", str(port), "--workers", str(workers)]
+    command = [sys.executable, "-m", "modelyard", "serve", "--port", str(port)]
+    command += ["--workers", str(workers)]
     return spawn(name, command, base_env(tracking_uri) | dict(settings), workdir, port, core)

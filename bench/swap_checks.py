@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.swap_load import Sample
+from bench.load import Sample
 from serving import traffic
 
 # -- answers against moves -----------------------------------------------------------------------

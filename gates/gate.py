@@ -2,7 +2,7 @@
 evidence and verdict in MLflow, and move an alias only when the candidate passed.
 
 Anything wrong with the candidate's answers is a failed check; anything that keeps the gate
-from judging (policy, data, registry, the baseline itself) raises EvaluationError or another
+from judging (policy, data, registry, the baseline itself) raises a GateError or a
 RegistryError instead, which CI must treat as "could not evaluate", never as a pass.
 """
 

@@ -86,12 +86,23 @@ class Stack:
         data.mkdir(parents=True, exist_ok=True)
         self.s3_credentials()
         argv = [
-            weed, "server", "-s3", f"-dir={data}", f"-ip={s.host}", f"-ip.bind={s.host}",
-            "-master.telemetry=false", f"-master.port={s.weed_master_port}",
-            f"-volume.port={s.weed_volume_port}", f"-filer.port={s.weed_filer_port}",
-            f"-s3.port={s.s3_port}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            f"-s3.config={self.home / 's3.json'}", "-volume.preStopSeconds=1", "-metricsPort=0",
-        ]  # fmt: skip
+            weed,
+            "server",
+            "-s3",
+            f"-dir={data}",
+            f"-ip={s.host}",
+            f"-ip.bind={s.host}",
+            "-master.telemetry=false",
+            f"-master.port={s.weed_master_port}",
+            f"-volume.port={s.weed_volume_port}",
+            f"-filer.port={s.weed_filer_port}",
+            f"-s3.port={s.s3_port}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-s3.config={self.home / 's3.json'}",
+            "-volume.preStopSeconds=1",
+            "-metricsPort=0",
+        ]
         child = self._start("object store (SeaweedFS)", argv, {})
         s3 = self.s3_client()
         took = child.wait_until(lambda: _answers(s3), s.start_timeout_s)

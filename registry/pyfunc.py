@@ -10,13 +10,13 @@ behaviour on real logged models, so an MLflow upgrade that changes one fails the
 import inspect
 from typing import Any
 
-# pyfunc's params check, public under no name; moved or renamed: ImportError at start
+# _enforce_params_schema: pyfunc's params check, public under no name; moved: ImportError at start
 from mlflow.models.utils import _enforce_params_schema
-from mlflow.pyfunc import FLAVOR_NAME, PyFuncModel, PythonModel, PythonModelContext
+from mlflow.pyfunc import FLAVOR_NAME, PyFuncModel
 
-# pyfunc's wrapper of a plain PythonModel, to tell it from ChatModel's and agents' wrappers;
-# renamed: ImportError at start
-from mlflow.pyfunc.model import _PythonModelPyfuncWrapper
+# _PythonModelPyfuncWrapper: pyfunc's wrapper of a plain PythonModel, told apart from ChatModel's
+# and agents' wrappers by its type; renamed: ImportError at start
+from mlflow.pyfunc.model import PythonModel, PythonModelContext, _PythonModelPyfuncWrapper
 from mlflow.types import ParamSchema
 
 SKLEARN_LOADER = "mlflow.sklearn"

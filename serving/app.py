@@ -7,7 +7,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from serving import logs
 from serving.errors import ServingError
 from serving.routes import error_response, router
 from serving.service import Service
@@ -15,9 +14,9 @@ from serving.settings import ServingSettings
 
 
 def create_app(settings: ServingSettings | None = None) -> FastAPI:
-    """Build the app; uvicorn's `factory=True` calls this with no argument (settings from env)."""
+    """Build the app for `settings` (default: from the environment). Changes no process-wide
+    state: logging and warning filters are the entry point's (`serving.cli.worker_app`)."""
     settings = settings or ServingSettings()
-    logs.configure(settings.log_level)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -4,18 +4,23 @@ import os
 import re
 import socket
 import tempfile
+import warnings
 from typing import Annotated
 
 import typer
 import uvicorn
+from fastapi import FastAPI
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 from uvicorn.supervisors import Multiprocess
 
 from registry.client import bound_http_calls
+from serving import logs
+from serving.app import create_app
 from serving.settings import ServingSettings
 
-APP = "serving.app:create_app"
+APP = "serving.cli:worker_app"
+"""uvicorn's app factory: called once in each worker process."""
 
 
 def serve(
@@ -30,6 +35,7 @@ def serve(
         for line in settings_errors(exc):
             typer.echo(f"error: {line}", err=True)
         raise typer.Exit(2) from exc
+    logs.configure(settings.log_level)  # this process's; each worker configures its own
     # A model artifact is code: refuse pickled models unless the operator allows them.
     os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     # The watcher polls again soon: a registry call is never retried, only bounded.
@@ -37,14 +43,36 @@ def serve(
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="modelyard-metrics-")
     config = _NoDelayConfig(
-        APP, factory=True, host=host, port=port, workers=workers, access_log=False,
-        log_config=None, timeout_graceful_shutdown=30,
-    )  # fmt: skip
+        APP,
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=30,
+    )
     if workers == 1:
         uvicorn.Server(config).run()
         return
     listener = config.bind_socket()
     Multiprocess(config, sockets=[listener]).run()
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process, after configuring that process (logging, warnings).
+
+    uvicorn spawns its workers as fresh interpreters, so what `serve` configured in its own
+    process does not reach them: each worker configures itself here, once.
+    """
+    settings = ServingSettings()
+    logs.configure(settings.log_level)
+    # serving.model calls a fitted scikit-learn estimator on a float matrix whose columns it has
+    # checked against the fitted names, so the warning that the matrix has no names is no news
+    warnings.filterwarnings(
+        "ignore", "X does not have valid feature names", UserWarning, module="sklearn"
+    )
+    return create_app(settings)
 
 
 class _NoDelayConfig(uvicorn.Config):

@@ -25,30 +25,43 @@ class Metrics:
             registry=r,
         )
         self.latency = Histogram(
-            "modelyard_request_duration_seconds", "Prediction latency, body read to response.",
-            ["model", "alias", "version"], buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "modelyard_request_duration_seconds",
+            "Prediction latency, body read to response.",
+            ["model", "alias", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.in_flight = Gauge(
-            "modelyard_requests_in_flight", "Prediction requests being handled.", ["model"],
-            multiprocess_mode="livesum", registry=r,
-        )  # fmt: skip
+            "modelyard_requests_in_flight",
+            "Prediction requests being handled.",
+            ["model"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
         self._in_flight_children: dict[str, Gauge] = {}
         self.load_seconds = Gauge(
-            "modelyard_model_load_seconds", "Seconds the serving version took to load and warm up.",
-            ["model", "alias", "version"], multiprocess_mode="livemax", registry=r,
-        )  # fmt: skip
+            "modelyard_model_load_seconds",
+            "Seconds the serving version took to load and warm up.",
+            ["model", "alias", "version"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
         self.serving = Gauge(
-            "modelyard_serving_version", "1 for the version each alias serves.",
-            ["model", "alias", "version"], multiprocess_mode="livemax", registry=r,
-        )  # fmt: skip
+            "modelyard_serving_version",
+            "1 for the version each alias serves.",
+            ["model", "alias", "version"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
         self.swaps = Counter(
             "modelyard_swaps", "Versions swapped in.", ["model", "alias"], registry=r
         )
         self.load_failures = Counter(
             "modelyard_load_failures",
             "Versions that failed to load, warm up or match the output contract.",
-            ["model", "alias"], registry=r,
-        )  # fmt: skip
+            ["model", "alias"],
+            registry=r,
+        )
         self.extra_columns = Counter(
             "modelyard_extra_columns",
             "Requests carrying columns outside the signature.",
@@ -58,18 +71,23 @@ class Metrics:
         self.fallbacks = Counter(
             "modelyard_traffic_fallbacks",
             "Requests sent to the fallback alias because theirs was not loaded.",
-            ["model", "alias"], registry=r,
-        )  # fmt: skip
+            ["model", "alias"],
+            registry=r,
+        )
 
         shadow_labels = ["model", "production_version", "shadow_version"]
         self.shadow_rows = Counter(
-            "modelyard_shadow_rows", "Rows scored by both production and the shadow alias.",
-            shadow_labels, registry=r,
-        )  # fmt: skip
+            "modelyard_shadow_rows",
+            "Rows scored by both production and the shadow alias.",
+            shadow_labels,
+            registry=r,
+        )
         self.shadow_agreed = Counter(
-            "modelyard_shadow_agreed_rows", "Shadow-scored rows where both answered the same.",
-            shadow_labels, registry=r,
-        )  # fmt: skip
+            "modelyard_shadow_agreed_rows",
+            "Shadow-scored rows where both answered the same.",
+            shadow_labels,
+            registry=r,
+        )
         self.shadow_errors = Counter(
             "modelyard_shadow_errors", "Shadow predictions that raised.", shadow_labels, registry=r
         )
@@ -77,8 +95,9 @@ class Metrics:
         self.shadow_skipped = Counter(
             "modelyard_shadow_skipped",
             "Sampled requests not shadow-scored because the shadow backlog was full.",
-            shadow_labels, registry=r,
-        )  # fmt: skip
+            shadow_labels,
+            registry=r,
+        )
 
     def version_served(
         self, model: str, alias: str, version: str, load_s: float, previous: str | None

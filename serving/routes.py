@@ -170,6 +170,8 @@ def _response(outcome: Outcome) -> Response:
     """The predictions or the error, with headers naming the request and the version routed to."""
     if outcome.error is None:
         response: Response = Response(outcome.body, media_type="application/json")
+        if outcome.extra_columns:
+            response.headers["X-Ignored-Columns"] = ",".join(outcome.extra_columns)[:1000]
     else:
         response = error_response(outcome.error)
     headers = response.headers
@@ -180,8 +182,6 @@ def _response(outcome: Outcome) -> Response:
         headers["X-Model-Alias"] = outcome.alias
         headers["X-Model-Version"] = ref.version
         headers["X-Model-Run-Id"] = ref.run_id or ""
-    if outcome.extra_columns:
-        headers["X-Ignored-Columns"] = ",".join(outcome.extra_columns)[:1000]
     return response
 
 

@@ -198,10 +198,9 @@ class Service:
         # Only routed requests are counted: their labels name served versions, a bounded set,
         # where a request for an unknown model would add a series per name clients make up.
         if ref is not None:
-            answered_by = outcome.alias
-            status = str(outcome.status)
-            self.metrics.requests.labels(ref.name, answered_by, ref.version, status).inc()
-            self.metrics.latency.labels(ref.name, answered_by, ref.version).observe(outcome.latency_s)
+            version, answered_by = ref.version, outcome.alias
+            self.metrics.requests.labels(ref.name, answered_by, version, str(outcome.status)).inc()
+            self.metrics.latency.labels(ref.name, answered_by, version).observe(outcome.latency_s)
         if logger.isEnabledFor(logging.INFO):
             logger.info(
                 "prediction",

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from registry.contract import compared_column
+
 
 @dataclass
 class Agreement:
@@ -41,9 +43,8 @@ class Agreement:
 
 
 def _column(answer: Any) -> np.ndarray:
-    """The column compared: `label` when there is one, else the first output column."""
+    """The column compared: the contract's label when there is one, else the first output."""
     if isinstance(answer, pd.DataFrame):
-        name = "label" if "label" in answer.columns else answer.columns[0]
-        column: np.ndarray = answer[name].to_numpy()
+        column: np.ndarray = answer[compared_column(answer)].to_numpy()
         return column
     return np.asarray(answer).reshape(len(answer), -1)[:, 0]

@@ -150,8 +150,12 @@ class Watcher:
                 self.metrics.load_failures.labels(slot.model, slot.alias).inc()
                 logger.error(
                     "%s@%s version %s not swapped in: %s (still serving %s)",
-                    slot.model, slot.alias, target, reason, _version(slot.current) or "nothing",
-                )  # fmt: skip
+                    slot.model,
+                    slot.alias,
+                    target,
+                    reason,
+                    _version(slot.current) or "nothing",
+                )
                 if slot.wanted != target:
                     continue  # the alias moved on while this version failed: load the new target
                 return
@@ -159,16 +163,22 @@ class Watcher:
             if slot.wanted == _version(slot.current):
                 logger.info(
                     "%s@%s moved back to version %s while version %s loaded",
-                    slot.model, slot.alias, slot.wanted, target,
-                )  # fmt: skip
+                    slot.model,
+                    slot.alias,
+                    slot.wanted,
+                    target,
+                )
                 return
             if slot.wanted != target:
                 # Newer than what serves: swap it in now and load the latest next, so that an
                 # alias moving faster than a load cannot starve the slot on an old version.
                 logger.info(
                     "%s@%s moved on while version %s loaded; serving it until version %s loads",
-                    slot.model, slot.alias, target, slot.wanted,
-                )  # fmt: skip
+                    slot.model,
+                    slot.alias,
+                    target,
+                    slot.wanted,
+                )
             previous = slot.swapped(loaded)
             self._freeze_heap_once()
             self.metrics.swaps.labels(slot.model, slot.alias).inc()
@@ -177,9 +187,14 @@ class Watcher:
             )
             logger.info(
                 "%s@%s now serves version %s (was %s; loaded in %.2f s, predict %.3f ms%s)",
-                slot.model, slot.alias, target, _version(previous) or "nothing", loaded.load_s,
-                loaded.warmup_ms, ", inline" if loaded.inline else ", in a thread",
-            )  # fmt: skip
+                slot.model,
+                slot.alias,
+                target,
+                _version(previous) or "nothing",
+                loaded.load_s,
+                loaded.warmup_ms,
+                ", inline" if loaded.inline else ", in a thread",
+            )
 
     def _freeze_heap_once(self) -> None:
         """After the first swap, exempt what is alive (mostly code) from full collections.

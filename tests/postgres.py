@@ -91,11 +91,22 @@ def start_postgres(bindir: Path, timeout_s: float = 60) -> Postgres:
     port = free_port()
     argv = [
         str(bindir / "postgres"),
-        "-D", str(data), "-p", str(port), "-k", str(sockets),
-        "-c", "listen_addresses=127.0.0.1",
+        "-D",
+        str(data),
+        "-p",
+        str(port),
+        "-k",
+        str(sockets),
+        "-c",
+        "listen_addresses=127.0.0.1",
         # A throwaway cluster: durability would only slow the test down.
-        "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-    ]  # fmt: skip
+        "-c",
+        "fsync=off",
+        "-c",
+        "synchronous_commit=off",
+        "-c",
+        "full_page_writes=off",
+    ]
     with (root / "postgres.log").open("wb") as log:
         os.chown(root / "postgres.log", *_owner())
         process = subprocess.Popen(

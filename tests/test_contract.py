@@ -17,17 +17,21 @@ from gates.gate import gather
 from gates.policy import parse
 from gates.verdict import judge
 from registry.contract import (
+    OUTPUT_COLUMNS,
     WIDER_TYPES,
     Column,
     Interface,
+    Task,
     answer_of,
     columns_of,
     input_breaks,
     output_breaks,
+    output_schema,
 )
 from registry.refs import ModelRef
 from serving.model import LoadedModel, prepare
 from serving.watcher import ContractBroken, check_contract
+from training.pyfunc.contract_model import to_contract
 
 BASE = (Column("a", "double"), Column("b", "long"), Column("c", "string", required=False))
 
@@ -288,3 +292,18 @@ def test_gate_and_swap_agree_on_compatibility(
             check_contract(current, new)
     else:
         check_contract(current, new)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_logged_model_code_answers_in_the_contract(task: Task):
+    """The model code logged with every version (self-contained, so it spells the columns
+    itself) answers with exactly the contract's columns and types."""
+    answer = to_contract(task, np.array([0.2, 0.7]))
+    expected = columns_of(output_schema(task))
+    assert expected is not None
+    assert [(c.name, c.type) for c in expected] == [
+        (name, kind) for name, kind in OUTPUT_COLUMNS[task]
+    ]
+    assert answer_of(answer) == tuple(
+        (name, {"long": "int64", "double": "float64"}[kind]) for name, kind in OUTPUT_COLUMNS[task]
+    )

@@ -1,5 +1,7 @@
 """Faulty models: slow ones get 504, raising ones 500 without internals; both keep serving."""
 
+import re
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -38,10 +40,40 @@ def _body(first_value: float | None = None) -> dict[str, object]:
 
 
 def test_slow_model_answers_504_and_health_still_answers(client: TestClient):
-    response = client.post("/models/slow-clf/invocations", json=_body())
+    response = client.post(
+        "/models/slow-clf/invocations", json=_body(), headers={"X-Request-ID": "slow-1"}
+    )
     assert response.status_code == 504
     assert response.json()["error_code"] == "DEADLINE_EXCEEDED"
+    assert response.headers["X-Model-Version"] == "1"
+    assert response.headers["X-Model-Alias"] == "production"
+    assert response.headers["X-Request-ID"] == "slow-1"
     assert client.get("/health/live").status_code == 200
+
+
+def _in_flight(client: TestClient, model: str) -> float | None:
+    exposition = client.get("/metrics").text
+    found = re.search(
+        rf'^modelyard_requests_in_flight\{{model="{model}"\}} (\S+)$', exposition, re.M
+    )
+    return float(found[1]) if found else None
+
+
+def test_in_flight_gauge_counts_predictions_per_model(client: TestClient):
+    done = threading.Event()
+
+    def request() -> None:
+        client.post("/models/slow-clf/invocations", json=_body())
+        done.set()
+
+    thread = threading.Thread(target=request)
+    thread.start()
+    seen = set()
+    while not done.is_set():
+        seen.add(_in_flight(client, "slow-clf"))
+    thread.join()
+    assert 1.0 in seen
+    assert _in_flight(client, "slow-clf") == 0.0
 
 
 def test_raising_model_answers_500_without_internals_and_keeps_serving(client: TestClient):

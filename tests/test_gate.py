@@ -187,9 +187,15 @@ def passed_gate(
     alias = _fresh_alias(client, models.baseline)
     report_dir = tmp_path_factory.mktemp("reports")
     result = _gate(
-        "--candidate", models.good, "--baseline", alias, "--promote", alias,
-        policy=policy, report_dir=report_dir,
-    )  # fmt: skip
+        "--candidate",
+        models.good,
+        "--baseline",
+        alias,
+        "--promote",
+        alias,
+        policy=policy,
+        report_dir=report_dir,
+    )
     return PassedGate(result, alias, report_dir)
 
 
@@ -265,9 +271,15 @@ def test_gate_useless_candidate_fails_and_the_alias_stays(
 ):
     alias = _fresh_alias(client, models.baseline)
     result = _gate(
-        "--candidate", models.useless, "--baseline", alias, "--promote", alias,
-        policy=policy, report_dir=tmp_path,
-    )  # fmt: skip
+        "--candidate",
+        models.useless,
+        "--baseline",
+        alias,
+        "--promote",
+        alias,
+        policy=policy,
+        report_dir=tmp_path,
+    )
     assert result.exit_code == 1, result.output
     failed = _failed_checks(result.stdout)
     assert {"accuracy", "roc_auc", "accuracy vs baseline", "roc_auc vs baseline"} <= set(failed)
@@ -283,9 +295,15 @@ def test_gate_new_required_input_column_fails_compatibility(
     data = tmp_path / "eval.csv"
     split.holdout_frame().assign(patient_age=50.0).to_csv(data, index=False)
     result = _gate(
-        "--candidate", models.new_input, "--baseline", models.baseline, "--data", str(data),
-        policy=contract_policy, report_dir=tmp_path,
-    )  # fmt: skip
+        "--candidate",
+        models.new_input,
+        "--baseline",
+        models.baseline,
+        "--data",
+        str(data),
+        policy=contract_policy,
+        report_dir=tmp_path,
+    )
     assert result.exit_code == 1, result.output
     assert _failed_checks(result.stdout) == ["inputs accept baseline requests"]
     assert "new required input column 'patient_age'" in result.stdout
@@ -296,9 +314,13 @@ def test_gate_changed_output_contract_fails(
     models: GateModels, contract_policy: Path, tmp_path: Path
 ):
     result = _gate(
-        "--candidate", models.new_output, "--baseline", models.baseline,
-        policy=contract_policy, report_dir=tmp_path,
-    )  # fmt: skip
+        "--candidate",
+        models.new_output,
+        "--baseline",
+        models.baseline,
+        policy=contract_policy,
+        report_dir=tmp_path,
+    )
     assert result.exit_code == 1, result.output
     assert _failed_checks(result.stdout) == ["outputs in baseline contract"]
     assert "output signature: extra column 'explanation'" in result.stdout
@@ -313,9 +335,13 @@ def test_gate_without_baseline_applies_absolute_bounds_on_pinned_data(
     policy = tmp_path / "pinned.yaml"
     policy.write_text(f"{POLICY}data:\n  uri: eval.parquet\n  sha256: {sha256_of(data)}\n")
     result = _gate(
-        "--candidate", models.good, "--baseline", "not-there-yet",
-        policy=policy, report_dir=tmp_path,
-    )  # fmt: skip
+        "--candidate",
+        models.good,
+        "--baseline",
+        "not-there-yet",
+        policy=policy,
+        report_dir=tmp_path,
+    )
     assert result.exit_code == 0, result.output
     assert "no baseline ('not-there-yet' does not exist)" in result.stdout
     assert "only absolute bounds apply" in result.stdout
@@ -349,9 +375,13 @@ def test_gate_pinned_dataset_with_another_sha256_exits_2(models: GateModels, tmp
     policy = tmp_path / "pinned.yaml"
     policy.write_text(f"{POLICY}data:\n  uri: {data}\n  sha256: '{'0' * 64}'\n")
     result = _gate(
-        "--candidate", models.good, "--baseline", models.baseline,
-        policy=policy, report_dir=tmp_path,
-    )  # fmt: skip
+        "--candidate",
+        models.good,
+        "--baseline",
+        models.baseline,
+        policy=policy,
+        report_dir=tmp_path,
+    )
     assert result.exit_code == 2
     assert f"has sha256 {sha256_of(data)}, but the policy pins {'0' * 64}" in result.stderr
     assert "Traceback" not in result.output
@@ -418,9 +448,13 @@ def test_gate_baseline_without_logged_holdout_exits_2(
     models: GateModels, policy: Path, tmp_path: Path
 ):
     result = _gate(
-        "--candidate", models.good, "--baseline", models.new_output,
-        policy=policy, report_dir=tmp_path,
-    )  # fmt: skip
+        "--candidate",
+        models.good,
+        "--baseline",
+        models.new_output,
+        policy=policy,
+        report_dir=tmp_path,
+    )
     assert result.exit_code == 2
     assert "cannot fetch evaluation data runs:/" in result.stderr
     assert "pin a dataset in the policy or pass --data" in result.stderr

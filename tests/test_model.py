@@ -2,6 +2,7 @@
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -59,3 +60,17 @@ def test_named_columns_in_any_order_predict_as_pyfunc(
             json.dumps(body).encode(), "application/json", loaded.spec, loaded.schema
         )
         np.testing.assert_allclose(loaded.predict(decoded), expected, rtol=1e-12)
+
+
+def test_prepare_leaves_warning_filters_alone(
+    named_sklearn: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")  # skops, saved here
+    pyfunc = mlflow.pyfunc.load_model(str(named_sklearn))
+    with warnings.catch_warnings():
+        before = list(warnings.filters)
+        loaded = prepare(
+            ModelRef("named", "1"), pyfunc, strict=False, inline_below_ms=1.0, started=0.0
+        )
+        assert loaded.native is not None  # the direct call whose warning the entry point filters
+        assert warnings.filters == before

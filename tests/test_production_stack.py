@@ -76,12 +76,23 @@ def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     config.write_text(json.dumps({"identities": [identity]}))
     master, volume, filer, s3_port = _grpc_port_pairs(4)
     argv = [
-        weed, "server", "-s3", f"-dir={home / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        "-master.telemetry=false", f"-master.port={master}",
-        f"-volume.port={volume}", f"-filer.port={filer}",
-        f"-s3.port={s3_port}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-        f"-s3.config={config}", "-volume.preStopSeconds=1", "-metricsPort=0",
-    ]  # fmt: skip
+        weed,
+        "server",
+        "-s3",
+        f"-dir={home / 'data'}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-master.telemetry=false",
+        f"-master.port={master}",
+        f"-volume.port={volume}",
+        f"-filer.port={filer}",
+        f"-s3.port={s3_port}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-s3.config={config}",
+        "-volume.preStopSeconds=1",
+        "-metricsPort=0",
+    ]
     (home / "data").mkdir()
     process = _spawn(argv, home / "weed.log", dict(os.environ))
     try:

@@ -1,12 +1,15 @@
 """Serving over real HTTP semantics (TestClient with the lifespan) on the demo registry."""
 
+import logging
+
+import mlflow
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
 from serving.app import create_app
 from serving.settings import ServingSettings
-from tests.conftest import DemoRegistry
+from tests.conftest import DemoRegistry, wait_until
 from training.datasets import load_split
 
 CLASSIFIER = "/models/cancer-classifier"
@@ -53,9 +56,82 @@ def test_pinned_alias_serves_staging_in_the_same_contract(
     ]
 
 
+@pytest.mark.parametrize("form", ["dataframe_split", "inputs"])
+def test_zero_rows_get_empty_predictions_without_the_model(
+    serving: TestClient, demo_registry: DemoRegistry, holdout: pd.DataFrame, form: str
+):
+    columns = list(holdout.columns)
+    body = (
+        {"dataframe_split": {"columns": columns, "data": []}}
+        if form == "dataframe_split"
+        else {"inputs": {column: [] for column in columns}}
+    )
+    response = serving.post(f"{CLASSIFIER}/invocations", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"predictions": []}
+    assert response.headers["X-Model-Version"] == demo_registry.classifier_sklearn.version
+
+
+def test_errors_after_routing_name_the_version_and_the_request(
+    serving: TestClient, demo_registry: DemoRegistry, holdout: pd.DataFrame
+):
+    rows = holdout.head(1).values.tolist()
+    rows[0][0] = "many"
+    body = {"dataframe_split": {"columns": list(holdout.columns), "data": rows}}
+    response = serving.post(
+        f"{CLASSIFIER}/aliases/staging/invocations", json=body, headers={"X-Request-ID": "bad-1"}
+    )
+    assert response.status_code == 400
+    assert response.headers["X-Request-ID"] == "bad-1"
+    assert response.headers["X-Model-Name"] == "cancer-classifier"
+    assert response.headers["X-Model-Alias"] == "staging"
+    assert response.headers["X-Model-Version"] == demo_registry.classifier_torch.version
+    assert response.headers["X-Model-Run-Id"] == demo_registry.classifier_torch.run_id
+
+
+def test_request_log_line_names_request_version_and_outcome(
+    serving: TestClient,
+    demo_registry: DemoRegistry,
+    holdout: pd.DataFrame,
+    caplog: pytest.LogCaptureFixture,
+):
+    with caplog.at_level(logging.INFO, logger="serving.requests"):
+        response = serving.post(
+            f"{CLASSIFIER}/invocations",
+            json=_split_body(holdout.head(1)),
+            headers={"X-Request-ID": "log-1"},
+        )
+    assert response.status_code == 200
+    [line] = [r for r in caplog.records if getattr(r, "request_id", None) == "log-1"]
+    assert line.getMessage() == "prediction"
+    fields = {
+        key: getattr(line, key) for key in ("model", "alias", "version", "status", "fallback")
+    }
+    assert fields == {
+        "model": "cancer-classifier",
+        "alias": "production",
+        "version": demo_registry.classifier_sklearn.version,
+        "status": 200,
+        "fallback": False,
+    }
+    assert line.latency_ms > 0
+
+
+def test_create_app_leaves_process_logging_alone(monkeypatch: pytest.MonkeyPatch):
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    level = root.level
+    create_app(ServingSettings(models=["cancer-classifier"]))
+    assert root.handlers == []
+    assert root.level == level
+
+
 def test_unknown_model_and_alias_are_404(serving: TestClient, holdout: pd.DataFrame):
     body = _split_body(holdout.head(1))
-    assert serving.post("/models/nope/invocations", json=body).status_code == 404
+    unknown = serving.post("/models/nope/invocations", json=body, headers={"X-Request-ID": "r-9"})
+    assert unknown.status_code == 404
+    assert unknown.headers["X-Request-ID"] == "r-9"
+    assert "X-Model-Name" not in unknown.headers
     missing = serving.post(f"{CLASSIFIER}/aliases/canary/invocations", json=body)
     assert missing.status_code == 404
     assert missing.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
@@ -118,14 +194,10 @@ def test_bad_input_gets_a_clear_4xx(
     assert "Traceback" not in response.text
 
 
-def test_nan_and_wrong_types_are_400_naming_the_column(serving: TestClient, holdout: pd.DataFrame):
+def test_wrong_types_are_400_naming_the_column(serving: TestClient, holdout: pd.DataFrame):
     rows = holdout.head(2).values.tolist()
-    rows[1][3] = None
-    body = {"dataframe_split": {"columns": list(holdout.columns), "data": rows}}
-    response = serving.post(f"{CLASSIFIER}/invocations", json=body)
-    assert response.status_code == 400
-    assert "mean_area" in response.json()["message"]
     rows[1][3] = "big"
+    body = {"dataframe_split": {"columns": list(holdout.columns), "data": rows}}
     response = serving.post(f"{CLASSIFIER}/invocations", json=body)
     assert response.status_code == 400
     assert "mean_area" in response.json()["message"]
@@ -142,6 +214,7 @@ def test_body_over_limit_is_413(demo_registry: DemoRegistry):
             headers={"Content-Type": "application/json"},
         )
         assert response.status_code == 413
+        assert response.headers["X-Request-ID"]
 
 
 def test_readiness_is_503_until_loaded(demo_registry: DemoRegistry):
@@ -153,12 +226,24 @@ def test_readiness_is_503_until_loaded(demo_registry: DemoRegistry):
         not_ready = client.get("/health/ready")
         assert not_ready.status_code == 503
         assert client.get("/ping").status_code == 503
-        from tests.conftest import wait_until
-
         wait_until(lambda: client.get("/models/cancer-classifier/ready").status_code == 200)
         still = client.get("/health/ready")
         assert still.status_code == 503
         assert any("no-such-model" in r for r in still.json()["reasons"])
+
+
+def test_default_model_before_any_is_served_answers_with_a_request_id():
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri("http://127.0.0.1:9")  # no registry: nothing is ever served
+    try:
+        settings = ServingSettings(registry_timeout_s=1)
+        with TestClient(create_app(settings)) as client:
+            response = client.post("/invocations", json={"inputs": []})
+            assert response.status_code == 500
+            assert "no model is served yet" in response.json()["message"]
+            assert response.headers["X-Request-ID"]
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 def test_metrics_name_model_alias_and_version(serving: TestClient, demo_registry: DemoRegistry):
@@ -180,6 +265,4 @@ def test_admin_refresh_needs_the_token(serving: TestClient):
 def test_mlflow_compat_endpoints(serving: TestClient):
     assert serving.get("/ping").status_code == 200
     assert serving.get("/health").status_code == 200
-    import mlflow
-
     assert serving.get("/version").text == mlflow.__version__

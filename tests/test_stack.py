@@ -100,8 +100,10 @@ def test_up_serves_the_demo_models(first_run: tuple[Up, str], stack_env: dict[st
     assert answer.headers["X-Model-Name"] == "cancer-classifier"
     status = subprocess.run(
         [sys.executable, "-m", "modelyard", "status", "--url", serving],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert "cancer-classifier" in status.stdout
     assert "staging" in status.stdout
 

@@ -49,10 +49,17 @@ def sklearn(
         )
     chosen: Estimator = estimator
     _train(
-        framework="sklearn", dataset=dataset, model_name=model_name, alias=alias, seed=seed,
-        split_seed=split_seed, experiment=experiment, shuffle_labels=shuffle_labels,
-        estimator=chosen, tracking_uri=tracking_uri,
-    )  # fmt: skip
+        framework="sklearn",
+        dataset=dataset,
+        model_name=model_name,
+        alias=alias,
+        seed=seed,
+        split_seed=split_seed,
+        experiment=experiment,
+        shuffle_labels=shuffle_labels,
+        estimator=chosen,
+        tracking_uri=tracking_uri,
+    )
 
 
 @app.command()
@@ -71,10 +78,19 @@ def torch(
 ) -> None:
     """A small PyTorch MLP, deterministic under its seed."""
     _train(
-        framework="torch", dataset=dataset, model_name=model_name, alias=alias, seed=seed,
-        split_seed=split_seed, experiment=experiment, shuffle_labels=shuffle_labels,
-        hidden=hidden, epochs=epochs, lr=lr, tracking_uri=tracking_uri,
-    )  # fmt: skip
+        framework="torch",
+        dataset=dataset,
+        model_name=model_name,
+        alias=alias,
+        seed=seed,
+        split_seed=split_seed,
+        experiment=experiment,
+        shuffle_labels=shuffle_labels,
+        hidden=hidden,
+        epochs=epochs,
+        lr=lr,
+        tracking_uri=tracking_uri,
+    )
 
 
 def _train(tracking_uri: str | None, **options: object) -> None:

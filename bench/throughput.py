@@ -1,9 +1,10 @@
-"""Serving benchmark: modelyard against `mlflow models serve` and a hand-written FastAPI app.
+"""Throughput benchmark: modelyard against `mlflow models serve` and a hand-written FastAPI app.
 
-    .venv/bin/python bench/serving.py                # full run -> bench/results/serving.json
-    .venv/bin/python bench/serving.py --model logistic-20 --repeats 3
-    .venv/bin/python bench/serving.py --quick        # smoke run (1 x 2 s), JSON in a temp file
-    .venv/bin/python bench/serving.py --workers 2    # multi-worker latency check only
+    .venv/bin/python -m bench.throughput              # full run -> bench/results/serving.json
+    .venv/bin/python -m bench.throughput --model logistic-20 --repeats 3
+    .venv/bin/python -m bench.throughput --quick      # smoke run (1 x 2 s), JSON in a temp file
+    .venv/bin/python -m bench.throughput --workers 2  # multi-worker latency check only
+    .venv/bin/python -m bench.throughput --show bench/results/serving.json
 
 It starts its own registry (moto's S3 server and `mlflow server` on SQLite in a temporary
 directory), trains and registers two models (the demo classifier behind the output contract,
@@ -14,6 +15,9 @@ connections. The hand-written app also answers a constant on `/hello`, FastAPI's
 on the machine. Runs are interleaved (repetition -> (concurrency, body) -> server, the server
 order rotating per repetition) so that background load on the machine spreads over every
 server alike. Any non-2xx answer or socket error aborts the run.
+
+The wrk runs and readiness timings are the raw results; bench/analysis.py computes medians,
+ratios and goals from them, bench/report.py prints them, and both go into the results file.
 """
 
 from __future__ import annotations
@@ -22,37 +26,23 @@ import argparse
 import json
 import os
 import platform
-import re
-import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-# Run as `python bench/serving.py`, this file's folder comes first on sys.path and would
-# shadow the `serving` package: put the repository root there instead.
-if sys.path and Path(sys.path[0]).resolve() == ROOT / "bench":
-    sys.path[0] = str(ROOT)
-
-from bench.processes import (  # noqa: E402
-    BIN,
-    Process,
-    base_env,
-    free_port,
-    http_status,
-    registry,
-    spawn,
-    start_serving,
-)
+from bench import analysis, load, report
+from bench.analysis import HANDWRITTEN, HELLO, MLFLOW, MODELYARD, MODELYARD_DEFAULT, PLAIN_LOAD
+from bench.processes import BIN, ROOT, Process, base_env, http_status, registry, spawn
+from bench.processes import start_serving as start_modelyard_serve
+from modelyard.processes import free_port
 
 RESULTS = ROOT / "bench" / "results" / "serving.json"
 SERVER_CORE, LOAD_CORE = "0", "1"
@@ -61,44 +51,7 @@ MODELS = ("cancer-classifier", "logistic-20")
 bare scikit-learn LogisticRegression on 20 synthetic features (the sklearn flavour)."""
 ALIAS = "production"
 CONCURRENCIES = (1, 8, 32)
-BODY_ROWS = (1, 100)
-MLFLOW, HANDWRITTEN, HELLO = "mlflow models serve", "hand-written", "FastAPI hello-world"
-MODELYARD, MODELYARD_DEFAULT = "modelyard", "modelyard /invocations"
-
-
-# -- goals ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Goal:
-    """A target ratio of modelyard's medians over a reference server's."""
-
-    reference: str
-    metric: str  # "rps" (modelyard / reference >= bound) or "p99" (<= bound)
-    bound: float
-    rows: tuple[int, ...]
-
-    def met(self, ratio: float) -> bool:
-        return ratio >= self.bound if self.metric == "rps" else ratio <= self.bound
-
-    def text(self) -> str:
-        sign = ">=" if self.metric == "rps" else "<="
-        what = "req/s" if self.metric == "rps" else "p99 latency"
-        bodies = " and ".join(f"{r}-row" for r in self.rows)
-        return f"{what} {sign} {self.bound:g}x {self.reference}, {bodies} body"
-
-
-GOALS = (
-    Goal(MLFLOW, "rps", 10, (1,)),
-    Goal(MLFLOW, "p99", 0.1, (1,)),
-    Goal(MLFLOW, "rps", 5, (100,)),
-    Goal(HANDWRITTEN, "rps", 0.9, BODY_ROWS),
-    Goal(HANDWRITTEN, "p99", 1.25, BODY_ROWS),
-)
-READY_BOUND = 1.5
-"""modelyard's start-to-ready over a plain `mlflow.pyfunc.load_model` process's time."""
-STALL_MS = 30.0
-"""A keep-alive p50 this high means responses wait for the client's delayed ACK (~40 ms)."""
+READY_PATHS = {MLFLOW: "/ping", HANDWRITTEN: "/health", MODELYARD: "/health/ready"}
 
 
 # -- the registry and the model -----------------------------------------------------------------
@@ -113,9 +66,10 @@ def train_model(tracking_uri: str, model: str) -> str:
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     if model == "cancer-classifier":
+        from registry.client import connect
         from training.run import TrainSpec, train
 
-        return train(TrainSpec("sklearn", alias=ALIAS), tracking_uri).version
+        return train(TrainSpec("sklearn", alias=ALIAS), connect(tracking_uri)).version
     from mlflow.models import infer_signature
     from sklearn.linear_model import LogisticRegression
 
@@ -132,9 +86,9 @@ def train_model(tracking_uri: str, model: str) -> str:
             input_example=features.head(2),
             registered_model_name=model,
         )
-    version = str(info.registered_model_version)
-    mlflow.MlflowClient(tracking_uri).set_registered_model_alias(model, ALIAS, version)
-    return version
+    version_ = str(info.registered_model_version)
+    mlflow.MlflowClient(tracking_uri).set_registered_model_alias(model, ALIAS, version_)
+    return version_
 
 
 def logistic_features() -> Any:
@@ -163,7 +117,7 @@ def bodies(model: str) -> dict[int, bytes]:
                 }
             }
         ).encode()
-        for n in BODY_ROWS
+        for n in analysis.BODY_ROWS
     }
 
 
@@ -232,10 +186,7 @@ def start_handwritten(
 def start_modelyard(env: dict[str, str], workdir: Path, model: str, workers: int = 1) -> Process:
     settings = env | {"MODELYARD_MODELS": model, "MODELYARD_ALIASES": ALIAS}
     tracking_uri = env["MLFLOW_TRACKING_URI"]
-    return start_serving(MODELYARD, tracking_uri, workdir, settings, SERVER_CORE, workers)
-
-
-READY_PATHS = {MLFLOW: "/ping", HANDWRITTEN: "/health", MODELYARD: "/health/ready"}
+    return start_modelyard_serve(MODELYARD, tracking_uri, workdir, settings, SERVER_CORE, workers)
 
 
 def check_answers(targets: Sequence[Target], payloads: dict[int, bytes]) -> None:
@@ -276,104 +227,12 @@ def agree(predictions: list[Any], reference: list[Any], rows: int) -> bool:
     )
 
 
-# -- wrk -----------------------------------------------------------------------------------------
-
-
-def require_wrk() -> str:
-    """wrk's path, or exit saying how to install it."""
-    path = shutil.which("wrk")
-    if path is None:
-        raise SystemExit(
-            "error: wrk is not installed; install it with `apt-get install -y wrk` "
-            "(Debian/Ubuntu) or from https://github.com/wg/wrk"
-        )
-    if shutil.which("taskset") is None:
-        raise SystemExit("error: taskset (util-linux) is needed to pin servers and load to cores")
-    if len(os.sched_getaffinity(0)) < 2:
-        raise SystemExit("error: needs at least 2 usable cores (servers on 0, wrk on 1)")
-    return path
-
-
-def lua_script(body: bytes, workdir: Path, name: str) -> Path:
-    """A wrk script posting `body` as JSON on every request."""
-    text = body.decode()
-    if "]==]" in text:
-        raise ValueError("body cannot be embedded in a Lua long string")
-    path = workdir / f"post-{name}.lua"
-    path.write_text(
-        'wrk.method = "POST"\n'
-        'wrk.headers["Content-Type"] = "application/json"\n'
-        f"wrk.body = [==[{text}]==]\n"
-    )
-    return path
-
-
-_UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
-
-
-def parse_wrk(text: str) -> dict[str, Any]:
-    """Req/s, latency percentiles (ms), request and error counts from wrk's `--latency` output."""
-
-    def ms(value: str) -> float:
-        number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", value).groups()  # type: ignore[union-attr]
-        return float(number) * _UNIT_MS[unit]
-
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
-    count = re.search(r"(\d+) requests in ([\d.]+\w+),", text)
-    percentiles = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)\s*$", text, re.MULTILINE))
-    if rps is None or count is None or set(percentiles) != {"50", "75", "90", "99"}:
-        raise ValueError(f"unreadable wrk output:\n{text}")
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-    sockets = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
-    )
-    return {
-        "rps": float(rps.group(1)),
-        "requests": int(count.group(1)),
-        "p50_ms": ms(percentiles["50"]),
-        "p75_ms": ms(percentiles["75"]),
-        "p90_ms": ms(percentiles["90"]),
-        "p99_ms": ms(percentiles["99"]),
-        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-        "socket_errors": dict(
-            zip(("connect", "read", "write", "timeout"), map(int, sockets.groups()), strict=True)
-        )
-        if sockets
-        else {"connect": 0, "read": 0, "write": 0, "timeout": 0},
-    }
-
-
-def run_wrk(url: str, script: Path, connections: int, duration_s: int) -> dict[str, Any]:
-    """One wrk run (1 thread, `connections` keep-alive connections) pinned to the load core."""
-    command = [
-        "taskset",
-        "-c",
-        LOAD_CORE,
-        "wrk",
-        "-t1",
-        f"-c{connections}",
-        f"-d{duration_s}s",
-        "--latency",
-        "--timeout",
-        "10s",
-        "-s",
-        str(script),
-        url,
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 60)
-    if done.returncode != 0:
-        raise SystemExit(f"error: wrk failed ({done.returncode}): {done.stderr.strip()}")
-    return parse_wrk(done.stdout) | {"wrk_output": done.stdout}
-
-
-def checked(result: dict[str, Any], target: Target) -> dict[str, Any]:
+def checked(result: load.WrkResult, target: Target) -> load.WrkResult:
     """`result`, or exit loudly when the server answered anything but 2xx or dropped sockets."""
-    errors = result["non_2xx"] + sum(result["socket_errors"].values())
-    if errors:
+    if result.errors:
         raise SystemExit(
-            f"error: {target.name} ({target.url}) had {result['non_2xx']} non-2xx responses and "
-            f"socket errors {result['socket_errors']}\n{result['wrk_output']}\n"
-            f"{target.process.tail()}"
+            f"error: {target.name} ({target.url}) had {result.non_2xx} non-2xx responses and "
+            f"socket errors {result.socket_errors}\n{result.output}\n{target.process.tail()}"
         )
     return result
 
@@ -393,10 +252,16 @@ class Matrix:
     warmup_s: int
     runs: list[dict[str, Any]] = field(default_factory=list)
 
-    def run(self, say: Any) -> None:
-        for script in self.scripts.values():
+    def wrk(self, target: Target, rows: int, connections: int, duration_s: int) -> load.WrkResult:
+        result = load.run_wrk(
+            target.url, self.scripts[rows], connections, duration_s, core=LOAD_CORE
+        )
+        return checked(result, target)
+
+    def run(self, say: Callable[[str], None]) -> None:
+        for rows in self.scripts:
             for target in self.targets:
-                checked(run_wrk(target.url, script, 8, self.warmup_s), target)
+                self.wrk(target, rows, 8, self.warmup_s)
         combos = [(c, rows) for c in self.concurrencies for rows in self.scripts]
         total, n = self.repeats * len(combos) * len(self.targets), 0
         for rep in range(self.repeats):
@@ -405,14 +270,10 @@ class Matrix:
             for connections, rows in combos:
                 for target in order:
                     n += 1
-                    load = os.getloadavg()[0]
+                    loadavg = os.getloadavg()[0]
                     cpu_before = target.process.cpu_s()
-                    result = checked(
-                        run_wrk(target.url, self.scripts[rows], connections, self.duration_s),
-                        target,
-                    )
+                    result = self.wrk(target, rows, connections, self.duration_s).numbers()
                     cpu = target.process.cpu_s() - cpu_before
-                    result.pop("wrk_output")
                     result["server_cpu_s"] = cpu
                     result["server_core_share"] = cpu / self.duration_s
                     result["cpu_us_per_request"] = cpu / max(result["requests"], 1) * 1e6
@@ -422,7 +283,7 @@ class Matrix:
                             "concurrency": connections,
                             "rows": rows,
                             "repetition": rep,
-                            "loadavg_1m_before": load,
+                            "loadavg_1m_before": loadavg,
                             **result,
                         }
                     )
@@ -433,91 +294,6 @@ class Matrix:
                         f"cpu {result['cpu_us_per_request']:6.0f} us/req "
                         f"(core {result['server_core_share']:.0%})"
                     )
-
-    def medians(self) -> list[dict[str, Any]]:
-        groups: dict[tuple[str, int, int], list[dict[str, Any]]] = defaultdict(list)
-        for run in self.runs:
-            groups[(run["server"], run["concurrency"], run["rows"])].append(run)
-        return [
-            {
-                "server": server,
-                "concurrency": c,
-                "rows": rows,
-                "runs": len(runs),
-                "rps": statistics.median(r["rps"] for r in runs),
-                "p50_ms": statistics.median(r["p50_ms"] for r in runs),
-                "p99_ms": statistics.median(r["p99_ms"] for r in runs),
-                "cpu_us_per_request": statistics.median(r["cpu_us_per_request"] for r in runs),
-                "server_core_share": statistics.median(r["server_core_share"] for r in runs),
-                "rps_min": min(r["rps"] for r in runs),
-                "rps_max": max(r["rps"] for r in runs),
-            }
-            for (server, c, rows), runs in groups.items()
-        ]
-
-
-def ratios(
-    medians: list[dict[str, Any]], subjects: Sequence[str], references: Sequence[str]
-) -> list[dict[str, Any]]:
-    """modelyard's medians over each reference's, per concurrency and body."""
-    by_key = {(m["server"], m["concurrency"], m["rows"]): m for m in medians}
-    out = []
-    for subject in subjects:
-        for reference in references:
-            for (server, c, rows), mine in by_key.items():
-                theirs = by_key.get((reference, c, rows))
-                if server != subject or theirs is None:
-                    continue
-                out.append(
-                    {
-                        "server": subject,
-                        "reference": reference,
-                        "concurrency": c,
-                        "rows": rows,
-                        "rps": mine["rps"] / theirs["rps"],
-                        "p50": mine["p50_ms"] / theirs["p50_ms"],
-                        "p99": mine["p99_ms"] / theirs["p99_ms"],
-                        "cpu_per_request": mine["cpu_us_per_request"]
-                        / theirs["cpu_us_per_request"],
-                    }
-                )
-    return out
-
-
-def evaluate(
-    ratio_rows: list[dict[str, Any]], readiness: dict[str, Any] | None
-) -> list[dict[str, Any]]:
-    """Every goal per server, concurrency and body: measured ratio, bound, met."""
-    verdicts = []
-    for goal in GOALS:
-        for r in ratio_rows:
-            if r["reference"] == goal.reference and r["rows"] in goal.rows:
-                measured = r[goal.metric]
-                verdicts.append(
-                    {
-                        "goal": goal.text(),
-                        "server": r["server"],
-                        "concurrency": r["concurrency"],
-                        "rows": r["rows"],
-                        "measured": round(measured, 3),
-                        "bound": goal.bound,
-                        "met": goal.met(measured),
-                    }
-                )
-    if readiness is not None:
-        measured = readiness["ratio"]
-        verdicts.append(
-            {
-                "goal": f"start-to-ready <= {READY_BOUND:g}x a plain load_model process",
-                "server": MODELYARD,
-                "concurrency": None,
-                "rows": None,
-                "measured": round(measured, 3),
-                "bound": READY_BOUND,
-                "met": measured <= READY_BOUND,
-            }
-        )
-    return verdicts
 
 
 def measure_readiness(ctx: Context, repeats: int) -> dict[str, Any]:
@@ -547,8 +323,8 @@ def measure_readiness(ctx: Context, repeats: int) -> dict[str, Any]:
         )
         if done.returncode != 0:
             raise SystemExit(f"error: the plain load failed:\n{done.stderr[-2000:]}")
-        times["plain load_model"].append(float(done.stdout.split()[-1]) - began_wall)
-        times["plain load_model, to process exit"].append(time.monotonic() - began)
+        times[PLAIN_LOAD].append(float(done.stdout.split()[-1]) - began_wall)
+        times[f"{PLAIN_LOAD}, to process exit"].append(time.monotonic() - began)
         for name, start in starters.items():
             began = time.monotonic()
             process = start()
@@ -560,17 +336,7 @@ def measure_readiness(ctx: Context, repeats: int) -> dict[str, Any]:
         ctx.say(
             f"  [{rep + 1}/{repeats}] " + "  ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items())
         )
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    return {
-        "seconds": dict(times),
-        "median_s": medians,
-        "ratio": medians[MODELYARD] / medians["plain load_model"],
-        "plain_command": f"python -c {plain_code!r}",
-        "note": "ratio = modelyard / plain load_model (timed to load_model returning)",
-    }
-
-
-# -- report --------------------------------------------------------------------------------------
+    return analysis.readiness(times, f"python -c {plain_code!r}")
 
 
 def machine() -> dict[str, Any]:
@@ -613,55 +379,6 @@ def machine() -> dict[str, Any]:
     }
 
 
-def table(medians: list[dict[str, Any]], servers: Sequence[str]) -> str:
-    by_key = {(m["server"], m["concurrency"], m["rows"]): m for m in medians}
-    keys = sorted({(m["rows"], m["concurrency"]) for m in medians})
-    width = max(len(s) for s in servers)
-    lines = [
-        f"{'body':>7s} {'c':>3s}  {'server':<{width}s}  {'req/s':>8s} {'p50 ms':>8s} "
-        f"{'p99 ms':>8s} {'cpu us/req':>10s} {'core':>5s}"
-    ]
-    for rows, c in keys:
-        lines.append("")
-        for s in servers:
-            m = by_key.get((s, c, rows))
-            if m:
-                lines.append(
-                    f"{rows:>3d}-row {c:>3d}  {s:<{width}s}  {m['rps']:8.0f} {m['p50_ms']:8.2f} "
-                    f"{m['p99_ms']:8.2f} {m['cpu_us_per_request']:10.0f} "
-                    f"{m['server_core_share']:5.0%}"
-                )
-    return "\n".join(lines)
-
-
-def ratio_table(ratio_rows: list[dict[str, Any]]) -> str:
-    lines = [
-        f"{'':<24s} {'vs':<22s} {'body':>7s} {'c':>3s}  {'req/s':>7s} {'p50':>7s} {'p99':>7s} "
-        f"{'cpu/req':>7s}"
-    ]
-    for r in sorted(
-        ratio_rows, key=lambda r: (r["server"], r["reference"], r["rows"], r["concurrency"])
-    ):
-        lines.append(
-            f"{r['server']:<24s} {r['reference']:<22s} {r['rows']:>3d}-row {r['concurrency']:>3d}"
-            f"  {r['rps']:6.2f}x {r['p50']:6.2f}x {r['p99']:6.2f}x {r['cpu_per_request']:6.2f}x"
-        )
-    return "\n".join(lines)
-
-
-def goal_table(verdicts: list[dict[str, Any]]) -> str:
-    lines = []
-    for v in verdicts:
-        where = f"{v['rows']}-row c={v['concurrency']}" if v["rows"] else ""
-        lines.append(
-            f"  {'PASS' if v['met'] else 'FAIL'}  {v['server']:<24s} {where:<13s} "
-            f"{v['goal']}: {v['measured']:g}"
-        )
-    summary = Counter(v["met"] for v in verdicts)
-    lines.append(f"  {summary[True]} met, {summary[False]} not met")
-    return "\n".join(lines)
-
-
 def write_results(path: Path, update: dict[str, Any]) -> None:
     """Merge `update` into the JSON at `path` (the other mode's section is kept)."""
     existing: dict[str, Any] = {}
@@ -685,15 +402,33 @@ def predict_mode_of(process: Process, model: str) -> Any:
     return served["aliases"][ALIAS].get("predict")
 
 
+def show_model(section: dict[str, Any], say: Callable[[str], None]) -> None:
+    """Print one model's medians, ratios, readiness and goals."""
+    servers = list(section["config"]["targets"])
+    say("\nmedians over repetitions")
+    say(report.medians_table(section["medians"], servers))
+    say("\nmodelyard / reference (medians)")
+    say(report.ratio_table(section["ratios"]))
+    ready = section["readiness"]
+    if ready:
+        say(
+            "\nstart to ready, median s: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in ready["median_s"].items())
+            + f"; modelyard / plain load = {ready['ratio']:.2f}x"
+        )
+    say("\ngoals")
+    say(report.ratio_goal_lines(section["goals"]))
+
+
 def main_benchmark(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     """Readiness, then the interleaved load matrix, for one model; prints and returns results."""
     say = ctx.say
     say(f"\n== {ctx.model} ({ctx.model_uri})")
     conditions = machine()
-    readiness = None
+    ready = None
     if args.ready_repeats:
         say(f"readiness: start to first 200, {args.ready_repeats}x each (pinned to core 0)")
-        readiness = measure_readiness(ctx, args.ready_repeats)
+        ready = measure_readiness(ctx, args.ready_repeats)
     say("starting the three servers (one worker each, core 0)")
     with ExitStack() as stack:
         processes = {
@@ -723,22 +458,8 @@ def main_benchmark(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
             f"{len(ctx.scripts)} bodies x {args.repeats} repetitions x {args.duration} s"
         )
         matrix.run(say)
-    medians = matrix.medians()
-    ratio_rows = ratios(medians, (MODELYARD, MODELYARD_DEFAULT), (MLFLOW, HANDWRITTEN, HELLO))
-    verdicts = evaluate(ratio_rows, readiness)
-    say("\nmedians over repetitions")
-    say(table(medians, [t.name for t in targets]))
-    say("\nmodelyard / reference (medians)")
-    say(ratio_table(ratio_rows))
-    if readiness:
-        say(
-            "\nstart to ready, median s: "
-            + ", ".join(f"{k} {v:.2f}" for k, v in readiness["median_s"].items())
-            + f"; modelyard / plain load = {readiness['ratio']:.2f}x"
-        )
-    say("\ngoals")
-    say(goal_table(verdicts))
-    return {
+    figures = analysis.throughput(matrix.runs, ready)
+    section = {
         "config": {
             "repeats": args.repeats,
             "duration_s": args.duration,
@@ -747,19 +468,21 @@ def main_benchmark(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
             "bodies": {f"{rows}-row": len(body) for rows, body in ctx.payloads.items()},
             "model": ctx.model_uri,
             "wrk": "wrk -t1 -cN -dD --latency --timeout 10s",
-            "targets": {t.name: {"path": t.path, "command": t.process.popen.args} for t in targets},
+            "targets": {t.name: {"path": t.path, "command": t.process.argv} for t in targets},
             "order": "repetition -> (concurrency, body) -> server, rotating per repetition",
             "quick": args.quick,
         },
         "modelyard_predict_mode": predict_mode,
         "runs": matrix.runs,
-        "medians": medians,
-        "ratios": ratio_rows,
-        "readiness": readiness,
-        "goals": verdicts,
-        "goals_met": all(v["met"] for v in verdicts),
+        "medians": figures["medians"],
+        "ratios": figures["ratios"],
+        "readiness": ready,
+        "goals": figures["goals"],
+        "goals_met": figures["goals_met"],
         "machine": conditions | {"loadavg_at_end": os.getloadavg()},
     }
+    show_model(section, say)
+    return section
 
 
 def hide_uvloop(workdir: Path) -> str:
@@ -786,7 +509,7 @@ def multi_worker(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     )
     path = ctx.alias_path
     asyncio_env = ctx.env | {"PYTHONPATH": hide_uvloop(ctx.workdir)}
-    starters = {
+    starters: dict[str, Callable[[], Process]] = {
         f"modelyard --workers {n}": lambda: start_modelyard(
             ctx.env, ctx.workdir, ctx.model, workers=n
         ),
@@ -814,26 +537,20 @@ def multi_worker(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
             process.wait_ready(ready)
             wait_every_worker(process, ready)
             targets.append(Target(name, process, path if modelyard else "/invocations"))
-        one_row = {1: ctx.payloads[1]}
-        check_answers(targets, one_row)
+        check_answers(targets, {1: ctx.payloads[1]})
         matrix = Matrix(
             targets, {1: ctx.scripts[1]}, (1, 8), args.repeats, args.duration, args.warmup
         )
         matrix.run(say)
-    medians = matrix.medians()
-    for m in medians:
-        m["delayed_ack_stall"] = m["p50_ms"] >= STALL_MS
+    medians = analysis.with_stalls(analysis.medians(matrix.runs))
     say("\nmedians over repetitions")
-    say(table(medians, [t.name for t in targets]))
+    say(report.medians_table(medians, [t.name for t in targets]))
     stalls = [m for m in medians if m["delayed_ack_stall"]]
     say(
-        "\n"
-        + (
-            f"delayed-ACK stalls (p50 >= {STALL_MS:g} ms): "
-            + ", ".join(f"{m['server']} c={m['concurrency']}" for m in stalls)
-            if stalls
-            else f"no delayed-ACK stall: every p50 < {STALL_MS:g} ms"
-        )
+        f"\ndelayed-ACK stalls (p50 >= {analysis.STALL_MS:g} ms): "
+        + ", ".join(f"{m['server']} c={m['concurrency']}" for m in stalls)
+        if stalls
+        else f"\nno delayed-ACK stall: every p50 < {analysis.STALL_MS:g} ms"
     )
     mine = [m for m in medians if m["server"].startswith(f"modelyard --workers {n}")]
     return {
@@ -886,7 +603,8 @@ class Context:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=(__doc__ or "").split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--repeats", type=int, default=5, help="repetitions of every run")
     parser.add_argument("--duration", type=int, default=6, help="seconds per wrk run")
@@ -917,6 +635,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="models to benchmark, one after the other (multi-worker mode: the first)",
     )
     parser.add_argument("--output", type=Path, default=None, help=f"default {RESULTS}")
+    parser.add_argument(
+        "--show", type=Path, metavar="FILE", help="print a results file's tables and goals"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.duration, args.warmup, args.ready_repeats = 1, 2, 1, 1
@@ -926,9 +647,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def show(path: Path) -> None:
+    """Print the figures of a results file, recomputed from its raw runs."""
+    results = json.loads(path.read_text())
+    for model in MODELS:
+        if model in results:
+            section = results[model]
+            figures = analysis.throughput(section["runs"], section["readiness"])
+            print(f"== {model}")
+            show_model(section | figures, print)
+    if "multi_worker" in results:
+        section = results["multi_worker"]
+        medians = analysis.with_stalls(analysis.medians(section["runs"]))
+        print(f"\n== multi-worker ({section['workers']} workers)")
+        print(report.medians_table(medians, list(dict.fromkeys(m["server"] for m in medians))))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    require_wrk()
+    if args.show:
+        show(args.show)
+        return 0
+    load.require_wrk()
     info = machine()
     print(
         f"{info['cpu_model']}, {info['cpu_count']} cpus, python {info['python']}, mlflow "
@@ -946,7 +686,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 model_uri = f"models:/{model}/{train_model(tracking_uri, model)}"
                 payloads = bodies(model)
                 scripts = {
-                    rows: lua_script(b, workdir, f"{model}-{rows}") for rows, b in payloads.items()
+                    rows: load.post_script(body, workdir / f"post-{model}-{rows}.lua")
+                    for rows, body in payloads.items()
                 }
                 env = base_env(tracking_uri)
                 if model != "cancer-classifier":  # the sklearn flavour loads through skops
