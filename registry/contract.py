@@ -60,9 +60,10 @@ def compared_column(output: pd.DataFrame) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Column:
-    """One field of a signature: a named column of an MLflow type, or an unnamed tensor."""
+    """One field of a signature: a named column of an MLflow type, or an unnamed tensor (name
+    "")."""
 
-    name: str | None
+    name: str
     type: str
     required: bool = True
 
@@ -90,7 +91,9 @@ def columns_of(schema: Schema | None) -> Signature | None:
     """A model signature's inputs or outputs as Columns (None: the model declares none)."""
     if schema is None:
         return None
-    return tuple(Column(spec.name, _type_name(spec), spec.required) for spec in schema.inputs)
+    return tuple(
+        Column(spec.name or "", _type_name(spec), spec.required) for spec in schema.inputs
+    )
 
 
 def interface_of(model: PyFuncModel, answer: object = None) -> Interface:
@@ -196,7 +199,7 @@ def _type_name(spec: object) -> str:
 
 
 def _all_named(signature: Signature) -> bool:
-    return all(c.name is not None and not c.type.startswith("tensor ") for c in signature)
+    return all(c.name and not c.type.startswith("tensor ") for c in signature)
 
 
 def _show(signature: Signature) -> str:

@@ -16,7 +16,7 @@ from registry import contract
 from registry.pyfunc import enforce_params, python_model, sklearn_estimator
 from registry.refs import ModelRef
 from serving import protocol
-from serving.errors import InvalidInput
+from serving.errors import BadRequest, InvalidInput
 from serving.inputs import Batch, InputSpec, from_frame
 
 logger = logging.getLogger(__name__)
@@ -46,9 +46,22 @@ class LoadedModel:
     load_s: float = 0.0
     interface: contract.Interface | None = None
     """Its signatures and the columns it answered its input example with."""
+    accepts_missing: bool = True
+    """False when warm-up showed it raising on a missing value its signature allows: requests
+    holding one are then the client's mistake (400), not the model's failure (500)."""
 
     def predict(self, request: protocol.Decoded) -> Any:
         """Predict on a decoded request: straight into the model when validated here."""
+        if (
+            not self.accepts_missing
+            and request.batch is not None
+            and (missing := request.batch.first_missing()) is not None
+        ):
+            column, row = missing
+            raise BadRequest(
+                f"column '{column}' row {row}: missing value; version {self.ref.version} of "
+                f"model '{self.ref.name}' does not accept missing values"
+            )
         if request.batch is not None and self.native is not None:
             return self.native(request.batch, self._params(request.params))
         data = request.batch.frame() if request.batch is not None else request.data
@@ -106,7 +119,22 @@ def prepare(
         warmup_ms=median,
         load_s=time.monotonic() - started,
         interface=contract.interface_of(pyfunc, output),
+        accepts_missing=_accepts_missing(model, example),
     )
+
+
+def _accepts_missing(model: LoadedModel, example: protocol.Decoded) -> bool:
+    """Whether the version answers its input example with missing values where its signature
+    allows them; a version that raises on them gets them refused as bad input instead."""
+    probe = example.batch.with_missing() if example.batch is not None else None
+    if probe is None:
+        return True
+    try:
+        model.predict(protocol.Decoded(batch=probe, params=example.params))
+    except Exception:
+        logger.info("%s raises on missing values: requests holding one get 400", model.ref)
+        return False
+    return True
 
 
 def _example(pyfunc: PyFuncModel, spec: InputSpec | None) -> protocol.Decoded | None:

@@ -1,5 +1,6 @@
 """MLflow's scoring protocol: content types, the four JSON formats, CSV, Parquet, responses."""
 
+import json
 import re
 from dataclasses import dataclass
 from io import BytesIO, StringIO
@@ -20,6 +21,9 @@ FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 LLM_KEYS = ("messages", "prompt", "input")
 """Keys that make MLflow read a body as chat, completions or embeddings input, not a table."""
 SPLIT_KEYS = frozenset(("columns", "data", "index"))
+NON_JSON_TOKENS = (b"NaN", b"Infinity")
+"""Python's json module writes these for float('nan') and float('inf') (so do clients built on
+it, such as requests' `json=`); MLflow reads them. They are not JSON (RFC 8259)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,14 +98,11 @@ def _media_type(content_type: str | None) -> str:
 
 
 def _decode_json(body: bytes, spec: InputSpec | None, schema: Schema | None) -> Decoded:
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"malformed JSON: {exc.args[0].split(':')[0]}") from None
+    document = _json_document(body)
     if not isinstance(document, dict):
         raise BadRequest(f"the body must be a JSON object with exactly one of {', '.join(FORMATS)}")
     if llm := [k for k in LLM_KEYS if k in document]:
-        raise BadRequest(
+        raise InvalidInput(
             f"LLM inputs ({', '.join(map(repr, llm))}) are not supported: send a table as one of "
             + ", ".join(FORMATS)
         )
@@ -120,20 +121,39 @@ def _decode_json(body: bytes, spec: InputSpec | None, schema: Schema | None) -> 
     return Decoded(data=_checked(_mlflow_parse({key: value}, schema), schema), params=params)
 
 
+def _json_document(body: bytes) -> Any:
+    """The body parsed; bare NaN and Infinity tokens read as MLflow reads them."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        problem = exc.args[0].split(":")[0]
+    if any(token in body for token in NON_JSON_TOKENS):
+        # the slower parser only for bodies the strict one refused and that may hold the tokens
+        try:
+            return json.loads(body.decode("utf-8"))
+        except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
+            pass
+    raise BadRequest(f"malformed JSON: {problem}")
+
+
 def _fast_batch(spec: InputSpec, key: str, value: Any) -> Batch | None:
-    """Validate a named-column request here; None for shapes left to MLflow's parser."""
+    """Validate a named-column request here; None for shapes left to MLflow's parser.
+
+    A body that cannot be read as a table is BAD_REQUEST, one that lacks a column of the
+    signature INVALID_PARAMETER_VALUE: the codes MLflow answers them with.
+    """
     if key == "dataframe_split":
         if not isinstance(value, dict) or "data" not in value:
-            raise InvalidInput("'dataframe_split' must be an object with 'columns' and 'data'")
+            raise BadRequest("'dataframe_split' must be an object with 'columns' and 'data'")
         if "columns" not in value:
             raise InvalidInput("'dataframe_split' needs 'columns' naming the signature's inputs")
         if not SPLIT_KEYS.issuperset(value):
-            raise InvalidInput("'dataframe_split' takes only 'columns', 'data' and 'index'")
+            raise BadRequest("'dataframe_split' takes only 'columns', 'data' and 'index'")
         return inputs.from_rows(spec, value["columns"], value["data"])
     if isinstance(value, list) and all(isinstance(r, dict) for r in value):
         return inputs.from_records(spec, value)
     if key == "dataframe_records":
-        raise InvalidInput("'dataframe_records' must be a list of objects of column -> value")
+        raise BadRequest("'dataframe_records' must be a list of objects of column -> value")
     if isinstance(value, dict):
         return inputs.from_columns(spec, value)
     return None
@@ -145,31 +165,37 @@ def _mlflow_parse(data: dict[str, Any], schema: Schema | None) -> Any:
     try:
         return infer_and_parse_data(data, schema)  # type: ignore[arg-type]  # None is accepted
     except MlflowException as exc:
+        if exc.error_code == "BAD_REQUEST":  # MLflow's code for input it could not read
+            raise BadRequest(first_line(exc.message)) from None
         raise InvalidInput(first_line(exc.message)) from None
-    except (ValueError, TypeError) as exc:
-        raise InvalidInput(
+    except Exception as exc:  # numpy and pandas raise many types for input they cannot read
+        raise BadRequest(
             f"the input does not fit the model's signature: {first_line(str(exc))}"
         ) from None
 
 
 def _checked(data: Any, schema: Schema | None) -> Any:
-    """`data` parsed for a tensor signature, refused when it holds a null, NaN or infinity."""
+    """`data` parsed for a tensor signature, refused when it holds an infinity.
+
+    Nulls and NaN go on to the model, as in MLflow (a NaN is how a tensor says "missing");
+    an infinity is refused here as in a named column (see serving.inputs).
+    """
     if schema is None or not schema.is_tensor_spec():
         return data
     for array in data.values() if isinstance(data, dict) else (data,):
         if isinstance(array, pd.DataFrame):
             array = array.to_numpy()
-        if not isinstance(array, np.ndarray):
+        if not isinstance(array, np.ndarray) or array.dtype.kind not in "fO":
             continue
-        if array.dtype.kind in "fc":
-            bad = ~np.isfinite(array)
-        elif array.dtype.kind == "O":
-            bad = pd.isna(array)
-        else:
-            continue
-        if bad.any():
-            where = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise InvalidInput(f"null, NaN or infinite value at index {list(where)}: numbers only")
+        if array.dtype.kind == "O":
+            try:
+                array = array.astype(np.float64)  # None as NaN; what is no number is pyfunc's
+            except (ValueError, TypeError, OverflowError):
+                continue
+        infinite = np.isinf(array)
+        if infinite.any():
+            where = [int(i) for i in np.argwhere(infinite)[0]]
+            raise BadRequest(f"infinite value at index {where}: finite numbers only")
     return data
 
 

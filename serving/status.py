@@ -33,6 +33,8 @@ class PredictMode:
     validated_here: bool
     direct_call: bool
     load_s: float
+    accepts_missing: bool
+    """False: warm-up showed it raising on missing values, so requests holding one get 400."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,4 +161,5 @@ def _predict_mode(loaded: LoadedModel | None) -> PredictMode | None:
         validated_here=loaded.spec is not None,
         direct_call=loaded.native is not None,
         load_s=round(loaded.load_s, 3),
+        accepts_missing=loaded.accepts_missing,
     )

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 Model = Literal["classifier", "tensor", "mixed"]
 
@@ -30,7 +32,11 @@ TENSOR_WIDTH = 4
 """Columns of the tensor model's input: a float64 tensor of shape (-1, 4)."""
 
 MIXED_MODEL_SOURCE = '''\
-"""Mixed-type named columns (long, string, boolean, double, optional string), a `scale` param."""
+"""Named columns of every scalar type, optional ones too, and a `scale` param.
+
+It answers with what it was given, so that both servers must hand it the same values: missing
+ones (NaN to the model) are counted, and a string without a length is -1.
+"""
 
 import mlflow
 import pandas as pd
@@ -42,15 +48,25 @@ class MixedModel(PythonModel):
         if (model_input["name"] == "explode").any():
             raise RuntimeError("sentinel reached: internal state at /srv/models/secret-path")
         scale = float((params or {}).get("scale", 1.0))
-        rows = len(model_input)
-        notes = model_input["note"] if "note" in model_input.columns else pd.Series([None] * rows)
+
+        def column(name):
+            if name in model_input.columns:
+                return model_input[name]
+            return pd.Series([None] * len(model_input), index=model_input.index, dtype=object)
+
+        def lengths(values):
+            return values.map(lambda v: len(v) if isinstance(v, str) else -1).astype("int64")
+
         return pd.DataFrame(
             {
                 "id": model_input["id"].to_numpy(dtype="int64"),
                 "value": model_input["score"].to_numpy(dtype="float64") * scale
                 + model_input["flag"].to_numpy(dtype="float64"),
-                "name_length": model_input["name"].str.len().to_numpy(dtype="int64"),
-                "note_length": notes.fillna("").str.len().to_numpy(dtype="int64"),
+                "name_length": lengths(model_input["name"]).to_numpy(),
+                "note_length": lengths(column("note")).to_numpy(),
+                "weight": column("weight").astype("float64").to_numpy(),
+                "count": column("count").fillna(-1).astype("int64").to_numpy(),
+                "missing": model_input.isna().sum(axis=1).astype("int64").to_numpy(),
             }
         )
 
@@ -58,6 +74,33 @@ class MixedModel(PythonModel):
 mlflow.models.set_model(MixedModel())
 '''
 """Logged as an MLflow model from code; `name == "explode"` makes it raise on valid input."""
+
+MIXED_SIGNATURE = ModelSignature(
+    inputs=Schema(
+        [
+            ColSpec("long", "id"),
+            ColSpec("string", "name"),
+            ColSpec("boolean", "flag"),
+            ColSpec("double", "score"),
+            ColSpec("string", "note", required=False),
+            ColSpec("float", "weight", required=False),
+            ColSpec("integer", "count", required=False),
+        ]
+    ),
+    outputs=Schema(
+        [
+            ColSpec("long", "id"),
+            ColSpec("double", "value"),
+            ColSpec("long", "name_length"),
+            ColSpec("long", "note_length"),
+            ColSpec("double", "weight"),
+            ColSpec("long", "count"),
+            ColSpec("long", "missing"),
+        ]
+    ),
+    params=ParamSchema([ParamSpec("scale", "double", 1.0)]),
+)
+"""The mixed model's signature: one column of each scalar type MLflow enforces."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +130,8 @@ def build_inputs(classifier_holdout: pd.DataFrame) -> Inputs:
             "flag": [True, False, True],
             "score": [0.5, -1.25, 1e-3],
             "note": ["a", "bb", "ccc"],
+            "weight": np.array([0.25, 1.5, -2.0], dtype="float32"),
+            "count": np.array([10, 20, 30], dtype="int32"),
         }
     )
     return Inputs(classifier, tensor, mixed)
@@ -216,12 +261,13 @@ def parquet_of(
     return build
 
 
-def _nan_literal(model: Model, column: str) -> Callable[[Inputs], bytes]:
-    """A split body with a bare `NaN` token (Python's json writes one; JSON has none)."""
+def _non_json(model: Model, column: str, value: float) -> Callable[[Inputs], bytes]:
+    """A split body with a bare `NaN` or `Infinity` token, as Python's json module (and so
+    `requests.post(json=...)`) writes float("nan") and float("inf"); JSON has neither."""
 
     def build(inputs: Inputs) -> bytes:
         split = _split(_frame(inputs, model))
-        split["data"][1][split["columns"].index(column)] = float("nan")
+        split["data"][1][split["columns"].index(column)] = value
         return json.dumps({"dataframe_split": split}).encode()
 
     return build
@@ -258,6 +304,20 @@ def _records_edited(model: Model, column: str, value: Any) -> Callable[[Inputs],
         return _json({"dataframe_records": records})
 
     return build
+
+
+def _columnar_edited(model: Model, column: str, value: Any) -> Callable[[Inputs], bytes]:
+    def build(inputs: Inputs) -> bytes:
+        columns = _columnar(_frame(inputs, model))
+        columns[column][1] = value
+        return _json({"inputs": columns})
+
+    return build
+
+
+def _no_rows(key: str, model: Model) -> Callable[[Inputs], bytes]:
+    """`{key: {column: [] ...}}`: every column of the model, no rows."""
+    return lambda inputs: _json({key: {str(c): [] for c in _frame(inputs, model).columns}})
 
 
 def _columnar_without(model: Model, column: str) -> Callable[[Inputs], bytes]:
@@ -345,12 +405,11 @@ CASES: list[Case] = [
     Case("records-not-list-columns", _C, fmt("dataframe_records", "columnar", _C)),
     Case("split-string-value-columns", _C, split_with(_C, set_value(_AREA, "zq-not-a-number"))),
     Case("split-numeric-string-columns", _C, split_with(_C, set_value(_AREA, "1001.5"))),
+    # a null reaches this model as NaN, as in MLflow; its LogisticRegression raises on NaN (the
+    # other formats' nulls are in the mixed model's cases below, which takes missing values)
     Case("split-null-value-columns", _C, split_with(_C, set_value(_AREA, None))),
-    Case("records-null-value-columns", _C, _records_edited(_C, _AREA, None)),
-    Case("split-nan-literal-columns", _C, _nan_literal(_C, _AREA)),
     Case("split-boolean-value-columns", _C, split_with(_C, set_value(_AREA, True))),
     Case("split-nested-value-columns", _C, split_with(_C, set_value(_AREA, [1.0]))),
-    Case("csv-empty-field-columns", _C, csv_of(_C, lambda f: _blank(f, _AREA)), CSV),
     Case("csv-text-field-columns", _C, csv_of(_C, lambda f: _text(f, _AREA)), CSV),
     Case("split-zero-rows-columns", _C, split_with(_C, lambda s: s.update(data=[]))),
     Case("params-not-object-columns", _C, fmt("dataframe_split", "split", _C, params=[1, 2])),
@@ -409,6 +468,7 @@ CASES: list[Case] = [
     Case("inputs-string-value-tensor", _T, tensor_json("inputs", [[0.8125, "zq", 3, 4]])),
     Case("inputs-null-value-tensor", _T, tensor_json("inputs", [[0.8125, None, 3, 4]])),
     Case("instances-nan-literal-tensor", _T, raw('{"instances": [[0.8125, NaN, 3, 4]]}')),
+    Case("instances-infinity-literal-tensor", _T, raw('{"instances": [[0.8125, Infinity, 3, 4]]}')),
     Case("split-null-value-tensor", _T, split_with(_T, set_value("2", None))),
     Case("csv-empty-field-tensor", _T, csv_of(_T, lambda f: _blank(f, "2")), CSV),
     Case("inputs-named-object-tensor", _T, tensor_json("inputs", {"a": [1.0, 2.0]})),
@@ -428,24 +488,50 @@ CASES: list[Case] = [
     Case("params-numeric-string-mixed", _M, fmt("inputs", "columnar", _M, params={"scale": "2"})),
     Case("params-wrong-type-mixed", _M, fmt("inputs", "columnar", _M, params={"scale": "zq-big"})),
     Case("params-unknown-name-mixed", _M, fmt("inputs", "columnar", _M, params={"other": 1})),
+    # mixed types: how each column type reads each kind of value
     Case("split-integral-float-long-mixed", _M, split_with(_M, set_value("id", 7.0))),
     Case("split-fractional-long-mixed", _M, split_with(_M, set_value("id", 7.5))),
+    Case("split-numeric-string-long-mixed", _M, split_with(_M, set_value("id", "7"))),
+    Case("split-fractional-string-long-mixed", _M, split_with(_M, set_value("id", "7.5"))),
+    Case("split-boolean-long-mixed", _M, split_with(_M, set_value("id", True))),
     Case("split-long-overflow-mixed", _M, split_with(_M, set_value("id", 2**70))),
+    Case("split-integer-overflow-mixed", _M, split_with(_M, set_value("count", 2**40))),
+    Case("split-numeric-string-integer-mixed", _M, split_with(_M, set_value("count", "-4"))),
     Case("split-integer-double-mixed", _M, split_with(_M, set_value("score", 3))),
+    Case("split-numeric-string-double-mixed", _M, split_with(_M, set_value("score", "2.5"))),
+    Case("split-numeric-string-float-mixed", _M, split_with(_M, set_value("weight", "0.75"))),
+    Case("split-string-double-mixed", _M, split_with(_M, set_value("score", "zq-not-a-number"))),
+    Case("split-infinity-literal-mixed", _M, _non_json(_M, "score", float("inf"))),
     Case("split-integer-boolean-mixed", _M, split_with(_M, set_value("flag", 1))),
+    Case("split-zero-boolean-mixed", _M, split_with(_M, set_value("flag", 0))),
+    Case("split-two-boolean-mixed", _M, split_with(_M, set_value("flag", 2))),
     Case("split-string-boolean-mixed", _M, split_with(_M, set_value("flag", "false"))),
     Case("split-number-string-mixed", _M, split_with(_M, set_value("name", 5))),
-    Case("split-string-double-mixed", _M, split_with(_M, set_value("score", "zq-not-a-number"))),
-    Case("split-null-string-mixed", _M, split_with(_M, set_value("name", None))),
+    # missing values: NaN to the model where the column's type has one (double, float, string)
     Case("split-null-double-mixed", _M, split_with(_M, set_value("score", None))),
+    Case("split-nan-literal-mixed", _M, _non_json(_M, "score", float("nan"))),
+    Case("records-null-double-mixed", _M, _records_edited(_M, "score", None)),
+    Case("records-missing-key-mixed", _M, _records_without(_M, "score", only=1)),
+    Case("inputs-null-double-mixed", _M, _columnar_edited(_M, "score", None)),
+    Case("csv-empty-field-mixed", _M, csv_of(_M, lambda f: _blank(f, "score")), CSV),
+    Case("parquet-null-double-mixed", _M, parquet_of(_M, lambda f: _blank(f, "score")), PARQUET),
+    Case("split-null-float-mixed", _M, split_with(_M, set_value("weight", None))),
+    Case("split-null-string-mixed", _M, split_with(_M, set_value("name", None))),
+    Case("records-null-string-mixed", _M, _records_edited(_M, "name", None)),
+    Case("inputs-null-string-mixed", _M, _columnar_edited(_M, "name", None)),
+    Case("split-optional-null-mixed", _M, split_with(_M, set_value("note", None))),
+    Case("csv-optional-empty-mixed", _M, csv_of(_M, lambda f: _blank(f, "note")), CSV),
     Case("split-null-long-mixed", _M, split_with(_M, set_value("id", None))),
-    Case("split-nan-literal-mixed", _M, _nan_literal(_M, "score")),
+    Case("records-missing-long-mixed", _M, _records_without(_M, "id", only=1)),
+    Case("split-null-integer-mixed", _M, split_with(_M, set_value("count", None))),
+    Case("split-null-boolean-mixed", _M, split_with(_M, set_value("flag", None))),
+    # columns: missing, optional ones left out
     Case("split-missing-column-mixed", _M, split_with(_M, drop_column("flag"))),
     Case("split-optional-omitted-mixed", _M, split_with(_M, drop_column("note"))),
-    Case("split-optional-null-mixed", _M, split_with(_M, set_value("note", None))),
     Case("records-optional-partial-mixed", _M, _records_without(_M, "note", only=1)),
-    Case("csv-optional-empty-mixed", _M, csv_of(_M, lambda f: _blank(f, "note")), CSV),
-    Case("csv-empty-field-mixed", _M, csv_of(_M, lambda f: _blank(f, "score")), CSV),
+    # the model failing, and zero rows
     Case("split-model-raises-mixed", _M, split_with(_M, set_value("name", "explode"))),
     Case("split-zero-rows-mixed", _M, split_with(_M, lambda s: s.update(data=[]))),
+    Case("inputs-zero-rows-mixed", _M, _no_rows("inputs", _M)),
+    Case("records-zero-rows-mixed", _M, raw('{"dataframe_records": []}')),
 ]

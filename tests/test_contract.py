@@ -94,9 +94,9 @@ def test_missing_signatures():
 
 
 def test_tensor_inputs_must_be_equal():
-    tensor = (Column(None, "tensor float32 [-1, 30]"),)
+    tensor = (Column("", "tensor float32 [-1, 30]"),)
     assert input_breaks(tensor, tensor) == []
-    assert input_breaks(tensor, (Column(None, "tensor float32 [-1, 31]"),)) != []
+    assert input_breaks(tensor, (Column("", "tensor float32 [-1, 31]"),)) != []
 
 
 def _outputs(
@@ -133,7 +133,7 @@ def test_columns_of_mlflow_schemas():
     schema = Schema([ColSpec("double", "a"), ColSpec("long", "b", required=False)])
     assert columns_of(schema) == (Column("a", "double"), Column("b", "long", required=False))
     tensors = Schema([TensorSpec(np.dtype("float32"), (-1, 3))])
-    assert columns_of(tensors) == (Column(None, "tensor float32 [-1, 3]"),)
+    assert columns_of(tensors) == (Column("", "tensor float32 [-1, 3]"),)
     assert columns_of(None) is None
 
 

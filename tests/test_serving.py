@@ -203,6 +203,27 @@ def test_wrong_types_are_400_naming_the_column(serving: TestClient, holdout: pd.
     assert "mean_area" in response.json()["message"]
 
 
+def test_missing_value_is_400_for_a_version_that_cannot_take_it(
+    serving: TestClient, holdout: pd.DataFrame
+):
+    """A null where the signature allows one reaches a version that takes missing values (the
+    PyTorch MLP answers); a version whose warm-up showed it raising on them (the scikit-learn
+    pipeline) refuses it as the client's mistake, naming column and row, not as a 500."""
+    rows = holdout.head(2).values.tolist()
+    rows[1][3] = None
+    body = {"dataframe_split": {"columns": list(holdout.columns), "data": rows}}
+    refused = serving.post(f"{CLASSIFIER}/aliases/production/invocations", json=body)
+    assert refused.status_code == 400
+    assert refused.json()["error_code"] == "BAD_REQUEST"
+    assert "column 'mean_area' row 1: missing value" in refused.json()["message"]
+    answered = serving.post(f"{CLASSIFIER}/aliases/staging/invocations", json=body)
+    assert answered.status_code == 200
+    assert len(answered.json()["predictions"]) == 2
+    states = serving.get("/models").json()["models"]["cancer-classifier"]["aliases"]
+    assert states["production"]["predict"]["accepts_missing"] is False
+    assert states["staging"]["predict"]["accepts_missing"] is True
+
+
 def test_body_over_limit_is_413(demo_registry: DemoRegistry):
     settings = ServingSettings(
         models=["cancer-classifier"], max_body_bytes=100, aliases=["production"]
