@@ -91,9 +91,7 @@ def columns_of(schema: Schema | None) -> Signature | None:
     """A model signature's inputs or outputs as Columns (None: the model declares none)."""
     if schema is None:
         return None
-    return tuple(
-        Column(spec.name or "", _type_name(spec), spec.required) for spec in schema.inputs
-    )
+    return tuple(Column(spec.name or "", _type_name(spec), spec.required) for spec in schema.inputs)
 
 
 def interface_of(model: PyFuncModel, answer: object = None) -> Interface:
