@@ -329,12 +329,7 @@ def _integers(kind: str, values: Any) -> np.ndarray:
     """long, integer: whole numbers in range, booleans, integer strings; never a null."""
     low, high = _INTEGER_RANGES[kind]
     dtype = _NUMPY_TYPES[kind]
-    array: np.ndarray | None = values if isinstance(values, np.ndarray) else None
-    if array is None and _types(values) <= _PLAIN_NUMBERS:
-        try:
-            array = np.asarray(values)
-        except (ValueError, TypeError, OverflowError):
-            array = None
+    array = _plain_array(values)
     if array is not None and array.ndim == 1:
         if array.dtype.kind == "b" or (array.dtype.kind in "iu" and _within(array, low, high)):
             return array.astype(dtype, copy=False)
@@ -352,6 +347,18 @@ def _integers(kind: str, values: Any) -> np.ndarray:
             raise _Refused(number, problem)
         converted.append(integer)
     return np.asarray(converted, dtype=dtype)
+
+
+def _plain_array(values: Any) -> np.ndarray | None:
+    """`values` as an array when they are one or plain numbers and booleans; else None."""
+    if isinstance(values, np.ndarray):
+        return values
+    if _types(values) <= _PLAIN_NUMBERS:
+        try:
+            return np.asarray(values)
+        except (ValueError, TypeError, OverflowError):
+            return None
+    return None
 
 
 def _within(array: np.ndarray, low: int, high: int) -> bool:
@@ -387,12 +394,7 @@ def _integer(value: Any, low: int, high: int) -> tuple[int, str | None]:
 
 def _booleans(kind: str, values: Any) -> np.ndarray:
     """boolean: true and false, 0 and 1; never a null, a string or another number."""
-    array: np.ndarray | None = values if isinstance(values, np.ndarray) else None
-    if array is None and _types(values) <= _PLAIN_NUMBERS:
-        try:
-            array = np.asarray(values)
-        except (ValueError, TypeError, OverflowError):
-            array = None
+    array = _plain_array(values)
     if array is not None and array.ndim == 1:
         if array.dtype.kind == "b":
             return array
