@@ -12,11 +12,16 @@ from contextlib import contextmanager
 from typing import Any
 
 import boto3
-import requests
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from modelyard.processes import Child, StartupError, ensure_free, start_tracking_server
+from modelyard.processes import (
+    Child,
+    StartupError,
+    answers_ok,
+    ensure_free,
+    start_tracking_server,
+)
 from modelyard.settings import StackSettings
 from registry.client import connect
 from registry.webhooks import ensure_alias_webhook
@@ -145,7 +150,7 @@ class Stack:
         ensure_alias_webhook(
             connect(s.tracking_uri), "modelyard-serving", f"{url}/webhooks/mlflow", secret
         )
-        took = child.wait_until(lambda: _healthy(f"{url}/health/ready"), s.start_timeout_s)
+        took = child.wait_until(lambda: answers_ok(f"{url}/health/ready"), s.start_timeout_s)
         self.say(f"      ready in {took:.1f} s at {url}")
         return url
 
@@ -212,13 +217,6 @@ def _bucket_exists(s3: Any, bucket: str) -> bool:
     except ClientError:
         return False
     return True
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 def _new_s3_config() -> str:

@@ -34,7 +34,8 @@ def start(
     """Open a run in `experiment` (created if missing) with its tags, params and metrics."""
     experiment_id = _experiment(client, experiment)
     run_id = client.create_run(experiment_id, run_name=name, tags=dict(tags or {})).info.run_id
-    client.log_batch(run_id, params=[Param(k, v) for k, v in (params or {}).items()])
+    if params:
+        client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
     log_metrics(client, run_id, metrics or {})
     uri = client.tracking_uri
     url = (
