@@ -83,6 +83,59 @@ class ServingSettings(BaseSettings):
         None, description="Secret of the MLflow webhook; unset, /webhooks/mlflow refuses all."
     )
 
+    # Bounds on one request's decoding, checked from its structure before anything is built.
+    max_rows: int = Field(100_000, gt=0, description="Rows per request; more get 413.")
+    max_columns: int = Field(4_096, gt=0, description="Columns per request; more get 413.")
+    max_cells: int = Field(1_000_000, gt=0, description="Rows x columns per request; more get 413.")
+    max_string_chars: int = Field(
+        10_000, gt=0, description="Characters in one string value; longer ones get 400."
+    )
+    decode_in_thread_bytes: int = Field(
+        64 * 2**10, ge=0, description="Bodies larger than this are decoded off the event loop."
+    )
+    # Connections: bounded before a body is read.
+    max_connections: int = Field(
+        2_048, gt=0, description="Open connections and requests at most; beyond, a fast 503."
+    )
+    max_header_bytes: int = Field(
+        16 * 2**10, gt=0, description="Request line and headers together; larger get 431."
+    )
+    body_timeout_s: float = Field(
+        15, gt=0, description="Time allowed to send a whole body; slower clients get 408."
+    )
+    keep_alive_s: float = Field(5, gt=0, description="Idle keep-alive connections close after it.")
+    shutdown_grace_s: float = Field(
+        20, ge=0, description="On SIGTERM, time in-flight requests get before the process exits."
+    )
+    # Isolation between versions.
+    predict_threads: int = Field(2, gt=0, description="Predict threads per loaded version.")
+    # Access.
+    api_keys_file: Path | None = Field(
+        None, description="File of salted key hashes; set, prediction endpoints need a key."
+    )
+    protect_status: bool = Field(
+        False, description="Require a key (or the admin token) for /models, /metrics and /docs."
+    )
+    log_queue_lines: int = Field(
+        10_000, gt=0, description="Log lines waiting to be written at most; more are dropped."
+    )
+    # Control plane: persistent state and the model cache.
+    state_dir: Path | None = Field(
+        None, description="Last known good registry state and downloaded versions."
+    )
+    require_fresh_registry: bool = Field(
+        False, description="Never start from saved state: wait for a registry read instead."
+    )
+    stale_after_s: float = Field(
+        60, gt=0, description="Readiness reports degraded when the last good poll is older."
+    )
+    keep_versions: int = Field(
+        2, ge=0, description="Cached versions no alias names that are kept on disk."
+    )
+    unload_grace_s: float = Field(
+        300, ge=0, description="A model whose alias or registration disappears is unloaded after."
+    )
+
     @model_validator(mode="after")
     def _required_alias_is_served(self) -> "ServingSettings":
         if self.required_alias not in self.aliases:
