@@ -26,9 +26,10 @@ RUN --mount=type=cache,target=/root/.cache/pip pip install .
 FROM ${PYTHON_IMAGE} AS mlflow
 # Pinned on purpose: a new tracking-server release may migrate the database schema,
 # so upgrading it is a deliberate step (`mlflow db upgrade`), not a side effect of a rebuild.
+# The `auth` extra brings Flask-WTF, which MLflow's basic-auth app needs.
 ARG MLFLOW_VERSION=3.17.2
 RUN pip install --no-cache-dir --root-user-action=ignore \
-        "mlflow==${MLFLOW_VERSION}" psycopg2-binary==2.9.13 boto3==1.44.5 \
+        "mlflow[auth]==${MLFLOW_VERSION}" psycopg2-binary==2.9.13 boto3==1.44.5 \
     && useradd --system --uid 10002 --user-group mlflow
 ENV MLFLOW_DISABLE_TELEMETRY=true \
     PYTHONUNBUFFERED=1
@@ -48,8 +49,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false \
     MLFLOW_DISABLE_TELEMETRY=true \
     MODELYARD_MODEL_CACHE_DIR=/var/cache/modelyard
+# The cache and the state directory (MODELYARD_STATE_DIR, set where a volume backs it).
 RUN useradd --system --uid 10001 --user-group --create-home modelyard \
-    && install -d -o modelyard -g modelyard -m 0700 /var/cache/modelyard
+    && install -d -o modelyard -g modelyard -m 0700 /var/cache/modelyard /var/lib/modelyard
 # Numeric, so that Kubernetes' runAsNonRoot can verify it.
 USER 10001:10001
 WORKDIR /home/modelyard

@@ -1,10 +1,11 @@
 """`modelyard gate` (also `python -m gates`): the evaluation gate for CI.
 
 Exit codes: 0 passed; 1 failed (or passed but the alias to promote moved meanwhile); 2 could
-not evaluate (bad policy or data, unknown model, registry unreachable). The reason goes to
-stderr, never a traceback.
+not evaluate (bad policy or data, unknown model, registry unreachable, a version's scoring
+process that misbehaved). The reason goes to stderr, never a traceback.
 """
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -43,13 +44,28 @@ def gate(
         str | None,
         typer.Option("--promote", help="Move this alias to the candidate if the gate passes."),
     ] = None,
+    score_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            help="Seconds each version's scoring process may take for each answer (loading "
+            "and scoring the evaluation data, each latency call); beyond it: exit 2.",
+        ),
+    ] = 300.0,
 ) -> None:
     """Evaluation gate for CI: exit 0 pass, 1 fail, 2 could not evaluate."""
     quiet_mlflow()
     try:
         from gates import gate as gates
         from gates import policy as policies
+        from gates.isolation import Isolation
+        from gates.score import forbid_inspection
         from registry.client import connect
+
+        # the scoring processes must not read this one's credentials or memory
+        forbid_inspection()
+        # as `serve`: pickled models load only where the operator allows them
+        allow_pickle = os.environ.get("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
 
         parsed, digest = policies.load(policy)
         spec = gates.GateSpec(
@@ -62,6 +78,7 @@ def gate(
             data=data,
             report_dir=report_dir,
             promote=promote_alias,
+            isolation=Isolation(score_timeout, allow_pickle.lower() in ("true", "1")),
         )
         outcome = gates.run(connect(), spec)
     except Exception as exc:  # CI must see "could not evaluate", not a traceback

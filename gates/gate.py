@@ -1,30 +1,35 @@
 """The evaluation gate: score a candidate version against a baseline under a policy, record the
 evidence and verdict in MLflow, and move an alias only when the candidate passed.
 
-Anything wrong with the candidate's answers is a failed check; anything that keeps the gate
-from judging (policy, data, registry, the baseline itself) raises a GateError or a
-RegistryError instead, which CI must treat as "could not evaluate", never as a pass.
+Each version is loaded and scored in a process of its own (gates/isolation.py); the metrics,
+the bootstrap and the verdict are computed here, on their answers. Anything wrong with the
+candidate's answers is a failed check; anything that keeps the gate from judging (policy,
+data, registry, the baseline itself, a scoring process that misbehaves) raises a GateError or
+a RegistryError instead, which CI must treat as "could not evaluate", never as a pass.
 """
 
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 import pandas as pd
 
-from gates import bootstrap, evaluation, latency, reports
+from gates import bootstrap, evaluation, exam, latency, reports
 from gates.errors import EvaluationError
 from gates.evaluation import EvaluationData
+from gates.isolation import Isolation, Scorer
 from gates.policy import Policy
 from gates.reports import DataSummary, Report
-from gates.verdict import Evidence, Verdict, judge
+from gates.verdict import Evidence, Overlap, Verdict, judge
 from registry import contract, history, quality, runs, versions
 from registry.client import Client
+from registry.contract import Interface
 from registry.errors import AliasNotFound, StaleAlias
-from registry.loading import PyFunc, load
+from registry.loading import PyFunc
 from registry.refs import ModelRef
 
 logger = logging.getLogger(__name__)
@@ -50,6 +55,7 @@ class GateSpec:
     data: Path | None = None
     report_dir: Path = Path("reports")
     promote: str | None = None
+    isolation: Isolation = field(default_factory=Isolation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +129,7 @@ def run(client: Client, spec: GateSpec) -> Outcome:
 
 
 def evaluate(client: Client, spec: GateSpec) -> Evaluation:
-    """Resolve both versions, fetch the evaluation data, load and score both, judge."""
+    """Resolve both versions, fetch and check the evaluation data, score both, judge."""
     clock = time.monotonic()
     if spec.policy.model is not None and spec.policy.model != spec.name:
         raise EvaluationError(
@@ -134,41 +140,81 @@ def evaluate(client: Client, spec: GateSpec) -> Evaluation:
     source = evaluation.choose(spec.policy.data, spec.data, baseline, spec.policy_path.parent)
     data = evaluation.fetch(source, client.tracking_uri)
     evaluation.check_target(data, spec.policy.task)
-    marks = {"resolve and fetch data": time.monotonic()}
-    with tempfile.TemporaryDirectory(prefix="modelyard-gate-") as tmp:
-        candidate_model = _load(candidate, Path(tmp), client.tracking_uri, "candidate")
-        baseline_model = (
-            _load(baseline, Path(tmp), client.tracking_uri, "baseline") if baseline else None
+    notes = []
+    if source.kind == "baseline holdout" and baseline is not None and baseline.run_id:
+        notes.append(exam.check_holdout(client, baseline.run_id, data))
+    overlap = exam.overlap(client, candidate, data)
+    marks = {"resolve, fetch and check data": time.monotonic()}
+    with (
+        tempfile.TemporaryDirectory(prefix="modelyard-gate-") as tmp,
+        Scorer(client, Path(tmp), data.features, spec.isolation) as scorer,
+    ):
+        # the baseline first: it is loaded before any candidate code runs
+        baseline_scored = scorer.score(baseline, "baseline") if baseline else None
+        candidate_scored = scorer.score(candidate, "candidate")
+        marks["load and score, each in its own process"] = time.monotonic()
+        evidence = gather(
+            spec.policy,
+            data,
+            candidate_scored,
+            baseline_scored,
+            overlap=overlap,
+            notes=tuple(notes),
         )
-        marks["load models"] = time.monotonic()
-        evidence = gather(spec.policy, data, candidate_model, baseline_model)
-        marks["score, bootstrap, time"] = time.monotonic()
+        scorer.finish()
+        marks["metrics, bootstrap, latency"] = time.monotonic()
     verdict = judge(spec.policy, evidence)
     logger.info("gate %s v%s: %s", spec.name, candidate.version, _word(verdict))
     summary = DataSummary(source.kind, source.describe(), data.rows, data.sha256)
     return Evaluation(candidate, baseline, summary, evidence, verdict, _phases(clock, marks))
 
 
+class Answered(Protocol):
+    """A version's answer to the evaluation data, or why it gave none; its interface; and a
+    way to have it predict rows of that data again (by position), for latency timing."""
+
+    @property
+    def answer(self) -> pd.DataFrame | None: ...
+
+    @property
+    def error(self) -> str | None: ...
+
+    @property
+    def interface(self) -> Interface: ...
+
+    def predict(self, request: pd.DataFrame) -> object: ...
+
+
 def gather(
     policy: Policy,
     data: EvaluationData,
-    candidate: PyFunc,
-    baseline: PyFunc | None,
+    candidate: Answered | PyFunc,
+    baseline: Answered | PyFunc | None,
+    *,
+    overlap: Overlap | None = None,
+    notes: tuple[str, ...] = (),
 ) -> Evidence:
-    """Score both models on the data and collect what the policy's checks need."""
+    """Collect what the policy's checks need from both versions' answers.
+
+    A model loaded in this process (trusted code) is scored here; the gate itself passes
+    versions scored in processes of their own.
+    """
     task = policy.task
-    candidate_out, candidate_error = _answer(candidate, data.features)
+    features = data.features.reset_index(drop=True)
+    new = _answered(candidate, features)
+    old = _answered(baseline, features) if baseline is not None else None
+    candidate_out, candidate_error = new.answer, new.error
     candidate_metrics = None
     if candidate_out is not None:
         try:
             candidate_metrics = quality.compute(task, data.target, candidate_out)
         except (KeyError, ValueError, TypeError) as exc:
             candidate_error = f"the answer does not fit the {task} output contract: {exc}"
-    if baseline is None:
-        return Evidence(candidate_metrics, None, candidate_error)
-    baseline_out, baseline_error = _answer(baseline, data.features)
+    if old is None:
+        return Evidence(candidate_metrics, None, candidate_error, overlap=overlap, notes=notes)
+    baseline_out = old.answer
     if baseline_out is None:
-        raise EvaluationError(f"the baseline cannot answer the evaluation data: {baseline_error}")
+        raise EvaluationError(f"the baseline cannot answer the evaluation data: {old.error}")
     try:
         baseline_metrics = quality.compute(task, data.target, baseline_out)
     except (KeyError, ValueError, TypeError) as exc:
@@ -190,19 +236,17 @@ def gather(
         )
         if policy.latency is not None:
             timing = latency.measure(
-                candidate.predict,
-                baseline.predict,
-                data.features,
+                new.predict,
+                old.predict,
+                features,
                 rounds=policy.latency.rounds,
                 batch_rows=policy.latency.batch_rows,
             )
     inputs = outputs = None
-    old = contract.interface_of(baseline, baseline_out)
-    new = contract.interface_of(candidate, candidate_out)
     if policy.compatibility.inputs:
-        inputs = tuple(contract.input_breaks(old.inputs, new.inputs))
+        inputs = tuple(contract.input_breaks(old.interface.inputs, new.interface.inputs))
     if policy.compatibility.outputs:
-        outputs = tuple(contract.output_breaks(old, new))
+        outputs = tuple(contract.output_breaks(old.interface, new.interface))
     return Evidence(
         candidate_metrics,
         baseline_metrics,
@@ -211,7 +255,37 @@ def gather(
         timing,
         inputs,
         outputs,
+        overlap,
+        notes,
     )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _InProcess:
+    """A model loaded in this process, answered here."""
+
+    model: PyFunc
+    answer: pd.DataFrame | None
+    error: str | None
+    interface: Interface
+
+    def predict(self, request: pd.DataFrame) -> object:
+        return self.model.predict(request)
+
+
+def _answered(model: Answered | PyFunc, features: pd.DataFrame) -> Answered:
+    if not isinstance(model, PyFunc):
+        return model
+    try:
+        output = model.predict(features)
+    except Exception as exc:  # a failing candidate is a finding, not a crash
+        return _InProcess(
+            model, None, f"predict failed: {_reason(exc)}", contract.interface_of(model)
+        )
+    if not isinstance(output, pd.DataFrame):
+        error = f"predict returned {type(output).__name__}, not a DataFrame"
+        return _InProcess(model, None, error, contract.interface_of(model))
+    return _InProcess(model, output, None, contract.interface_of(model, output))
 
 
 def _baseline(client: Client, name: str, baseline: str) -> ModelRef | None:
@@ -220,24 +294,6 @@ def _baseline(client: Client, name: str, baseline: str) -> ModelRef | None:
         return versions.find(client, name, baseline)
     except AliasNotFound:
         return None
-
-
-def _load(ref: ModelRef, directory: Path, tracking_uri: str, role: str) -> PyFunc:
-    try:
-        return load(ref, directory, tracking_uri)
-    except Exception as exc:  # model code may raise anything while loading
-        raise EvaluationError(f"cannot load the {role} {ref}: {_reason(exc)}") from exc
-
-
-def _answer(model: PyFunc, frame: pd.DataFrame) -> tuple[pd.DataFrame | None, str | None]:
-    """The model's output frame, or why it gave none."""
-    try:
-        output = model.predict(frame)
-    except Exception as exc:  # a failing candidate is a finding, not a crash
-        return None, f"predict failed: {_reason(exc)}"
-    if not isinstance(output, pd.DataFrame):
-        return None, f"predict returned {type(output).__name__}, not a DataFrame"
-    return output, None
 
 
 def promote_if_passed(

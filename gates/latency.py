@@ -1,14 +1,17 @@
-"""Predict latency of a candidate against its baseline, timed interleaved in one process.
+"""Predict latency of a candidate against its baseline, timed interleaved.
 
-Timing both in the same process, alternating which goes first in each round, exposes them
+Timing both in the same period, alternating which goes first in each round, exposes them
 to the same load, cache and CPU-frequency drift; the ratio of their medians is then a fair
-comparison even on a busy CI machine, where absolute milliseconds are not.
+comparison even on a busy CI machine, where absolute milliseconds are not. The gate passes
+calls into each version's own scoring process (gates/isolation.py) and times them here, so a
+candidate cannot report its own time; the pipe's round trip (tens of microseconds) is in both.
 
-Both are timed with native thread pools limited to one thread, which measures each model's
-CPU cost per call: with their default pools, OpenBLAS threads left spinning after a
-scikit-learn predict starved torch's threads on a 2-core machine, and a torch-vs-scikit-learn
-batch ratio jumped between 0.8 and 6.8 from run to run; limited, it stayed within 0.73-0.79.
-Each sample is the best of a few back-to-back calls, which drops one-off stalls.
+Both are timed with native thread pools limited to one thread (here and, for the gate, in
+each scoring process), which measures each model's CPU cost per call: with their default
+pools, OpenBLAS threads left spinning after a scikit-learn predict starved torch's threads on
+a 2-core machine, and a torch-vs-scikit-learn batch ratio jumped between 0.8 and 6.8 from run
+to run; limited, it stayed within 0.73-0.79. Each sample is the best of a few back-to-back
+calls, which drops one-off stalls.
 """
 
 import gc

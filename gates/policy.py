@@ -11,6 +11,7 @@ and never a check silently skipped. The format:
     data: {uri: eval.parquet, sha256: ..., target: target}   # optional pinned exam
     bootstrap: {resamples: 1000, confidence: 0.95, seed: 0}
     compatibility: {inputs: true, outputs: true}
+    exam: {training_rows: warn, max_overlap: 0}   # training rows vs evaluation rows
 """
 
 import hashlib
@@ -98,6 +99,15 @@ class CompatibilityRule(_Strict):
     outputs: bool = True
 
 
+class ExamRule(_Strict):
+    """The candidate's training rows against the evaluation rows."""
+
+    training_rows: Literal["warn", "require"] = "warn"
+    """A candidate whose training run records no training rows: a note, or a failed check."""
+    max_overlap: float = Field(default=0.0, ge=0, le=1)
+    """The share of evaluation rows the candidate may have trained on (duplicated rows)."""
+
+
 class Policy(_Strict):
     """A whole gate policy."""
 
@@ -107,6 +117,7 @@ class Policy(_Strict):
     data: DataRule = DataRule()
     bootstrap: BootstrapRule = BootstrapRule()
     compatibility: CompatibilityRule = CompatibilityRule()
+    exam: ExamRule = ExamRule()
 
     @property
     def task(self) -> Task:

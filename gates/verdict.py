@@ -6,7 +6,17 @@ from dataclasses import dataclass, field
 
 from gates.bootstrap import Interval
 from gates.latency import Latency
-from gates.policy import MetricRule, Policy
+from gates.policy import ExamRule, MetricRule, Policy
+
+
+@dataclass(frozen=True, slots=True)
+class Overlap:
+    """Of the `rows` evaluation rows, how many the candidate's training run records having
+    trained on; None when it is unknown (`unknown` says why)."""
+
+    rows: int
+    trained: int | None
+    unknown: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +35,9 @@ class Evidence:
     latency: Latency | None = None
     input_breaks: tuple[str, ...] | None = None
     output_breaks: tuple[str, ...] | None = None
+    overlap: Overlap | None = None
+    notes: tuple[str, ...] = ()
+    """What the gate verified or could not verify about the exam, for the report."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +69,9 @@ class Verdict:
 def judge(policy: Policy, evidence: Evidence) -> Verdict:
     """Apply the policy to the evidence. Without a baseline only absolute bounds apply."""
     checks: list[Check] = []
-    notes: list[str] = []
+    notes: list[str] = list(evidence.notes)
+    if evidence.overlap is not None:
+        checks.extend(_overlap(policy.exam, evidence.overlap, notes))
     if evidence.candidate_error is not None or evidence.candidate is None:
         error = evidence.candidate_error or "no answer"
         checks.append(Check("candidate answers", None, None, "output contract", False, error))
@@ -77,6 +92,22 @@ def judge(policy: Policy, evidence: Evidence) -> Verdict:
         if evidence.output_breaks is not None:
             checks.append(_compatible("outputs in baseline contract", evidence.output_breaks))
     return Verdict(tuple(checks), tuple(notes))
+
+
+def _overlap(rule: ExamRule, overlap: Overlap, notes: list[str]) -> list[Check]:
+    """A failed exam when the candidate trained on evaluation rows; an unknown overlap is a
+    note, or a failed check when the policy requires the record."""
+    if overlap.trained is None:
+        if rule.training_rows == "require":
+            return [Check("training rows recorded", None, None, "required", False, overlap.unknown)]
+        notes.append(f"overlap of training and evaluation rows not checked: {overlap.unknown}")
+        return []
+    allowed = rule.max_overlap * overlap.rows
+    detail = f"candidate trained on {overlap.trained} of {overlap.rows} evaluation rows"
+    bound = f"<= {rule.max_overlap:.0%} of rows"
+    return [
+        Check("trained on evaluation rows", None, None, bound, overlap.trained <= allowed, detail)
+    ]
 
 
 def _bounds(name: str, rule: MetricRule, evidence: Evidence) -> list[Check]:

@@ -11,6 +11,7 @@ from gates.cli import gate
 from registry.cli import history, promote, rollback
 from registry.client import bound_http_calls
 from serving.cli import serve
+from serving.keys import app as keys_app
 from training.cli import app as train_app
 
 app = typer.Typer(
@@ -20,6 +21,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(train_app, name="train")
+app.add_typer(keys_app, name="keys")
 for command in (serve, gate, promote, rollback, history):
     app.command()(command)
 

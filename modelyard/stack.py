@@ -141,6 +141,7 @@ class Stack:
         env = {
             "MLFLOW_TRACKING_URI": s.tracking_uri,
             "MODELYARD_WEBHOOK_SECRET": secret,
+            "MODELYARD_STATE_DIR": str(self.home / "serving"),
             "MODELYARD_ADMIN_TOKEN": self._secret_file(
                 "admin.token", lambda: secrets.token_urlsafe(24)
             ),

@@ -1,16 +1,20 @@
 """`modelyard promote|rollback|history` (also `python -m registry`).
 
 Exit codes: 0 done; 1 refused (alias moved meanwhile, nothing to roll back); 2 could not do it
-(unknown model, registry unreachable). The reason goes to stderr, never a traceback.
+(unknown model, registry unreachable, the move's history event left unconfirmed). The reason
+goes to stderr, never a traceback.
 """
 
 import logging
 import os
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from registry.client import bound_http_calls
+
+if TYPE_CHECKING:
+    from registry.history import Move
 
 app = typer.Typer(
     help="Alias moves with history.",
@@ -37,7 +41,10 @@ def promote(
     ] = None,
     expect: Annotated[
         str | None,
-        typer.Option(help="Refuse unless the alias names this version now (exit 1)."),
+        typer.Option(
+            help="Refuse unless the alias names this version now, and fail if another move "
+            "overtakes this one (exit 1)."
+        ),
     ] = None,
     reason: Reason = "",
 ) -> None:
@@ -59,7 +66,7 @@ def promote(
             version = versions.resolve(client, name, str(from_alias)).version
             reason = reason or f"copied from alias '{from_alias}'"
         move = alias_history.promote(client, name, alias, version, expect=expect, reason=reason)
-    except StaleAlias as exc:
+    except (StaleAlias, alias_history.AliasOvertaken) as exc:
         exit_with(str(exc), 1)
     except Exception as exc:
         exit_with(could_not("promote", exc), 2)
@@ -104,7 +111,7 @@ def history(
     shown = [m for m in moves if alias is None or m.alias == alias][-limit:]
     rows = [("when (UTC)", "alias", "from", "to", "kind", "actor", "reason")]
     rows += [
-        (m.at, m.alias, m.from_version or "-", m.to_version or "-", m.kind, m.actor, m.reason)
+        (m.at, m.alias, m.from_version or "-", m.to_version or "-", _kind(m), m.actor, m.reason)
         for m in shown
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
@@ -118,6 +125,12 @@ def history(
                 f"note: {each} names {actual or 'nothing'} but its last recorded move set "
                 f"{recorded or 'nothing'}: moved outside modelyard (recorded on the next move)"
             )
+
+
+def _kind(move: "Move") -> str:
+    """The kind, and whether the move is unconfirmed or did not take place."""
+    shown = {"applied": "", "pending": " (unconfirmed)", "not applied": " (not applied)"}
+    return move.kind + shown[move.state]
 
 
 def quiet_mlflow() -> None:

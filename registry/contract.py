@@ -16,11 +16,18 @@ Outputs: the same columns with the same types, in the same order, in the signatu
 frames the versions actually answer with.
 """
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from mlflow.models import Model
 from mlflow.pyfunc import PyFuncModel
 from mlflow.types import ColSpec, DataType, Schema, TensorSpec
 
@@ -39,6 +46,12 @@ HOLDOUT_ARTIFACT = "holdout/holdout.parquet"
 """Where a training run logs its holdout rows (features and target); gates read it there."""
 HOLDOUT_TARGET = "target"
 """The target column of a logged holdout."""
+HOLDOUT_SHA256_PARAM = "holdout_sha256"
+"""Training-run param: the sha256 of the holdout artifact's bytes (params cannot be changed
+later, so the gate can tell the exam it downloads from the one training logged)."""
+TRAINING_ROWS_ARTIFACT = "training/rows.parquet"
+"""Where a training run logs a digest of every row it trained on (see `write_training_rows`)."""
+_ROW_HASH, _ROW_COLUMNS = "row_hash", b"modelyard.columns"
 
 WIDER_TYPES: dict[str, frozenset[str]] = {
     "integer": frozenset({"integer", "long", "double"}),
@@ -56,6 +69,46 @@ def output_schema(task: Task) -> Schema:
 def compared_column(output: pd.DataFrame) -> str:
     """The column two answers are compared on: `label` when there is one, else the first."""
     return LABEL if LABEL in output.columns else str(output.columns[0])
+
+
+def row_hashes(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
+    """A 64-bit digest per row of `frame`'s `columns` (taken in sorted order, as float32, so
+    column order and a CSV round trip's last-digit noise do not matter); ValueError when a
+    column is missing or not numeric."""
+    names = sorted(columns)
+    missing = [name for name in names if name not in frame.columns]
+    if missing:
+        raise ValueError(f"no column {', '.join(map(repr, missing[:3]))}")
+    values = np.ascontiguousarray(frame[names].to_numpy(dtype="float32") + np.float32(0))
+    values[np.isnan(values)] = np.nan  # one NaN bit pattern
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest()) for row in values),
+        dtype="uint64",
+        count=len(values),
+    )
+
+
+def write_training_rows(path: Path, features: pd.DataFrame) -> None:
+    """Write the digests of the rows a version was trained on, with the columns they cover."""
+    table = pa.table({_ROW_HASH: row_hashes(features, list(features.columns))})
+    names = json.dumps(sorted(map(str, features.columns))).encode()
+    pq.write_table(table.replace_schema_metadata({_ROW_COLUMNS: names}), path)
+
+
+def read_training_rows(path: Path, max_rows: int) -> tuple[list[str], np.ndarray]:
+    """The columns and row digests `write_training_rows` wrote; ValueError for anything else
+    (or more than `max_rows` rows, counted from the footer before reading)."""
+    try:
+        found = pq.ParquetFile(path)
+        names = json.loads((found.schema_arrow.metadata or {})[_ROW_COLUMNS])
+        if found.metadata.num_rows > max_rows:
+            raise ValueError(f"{found.metadata.num_rows} rows, more than {max_rows}")
+        hashes = found.read(columns=[_ROW_HASH]).column(0).to_numpy()
+    except (OSError, KeyError, pa.ArrowException) as exc:
+        raise ValueError(f"not a training-rows file: {exc}") from exc
+    if hashes.dtype != np.uint64 or not all(isinstance(n, str) for n in names) or not names:
+        raise ValueError("not a training-rows file: unexpected columns or types")
+    return names, hashes
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +150,14 @@ def columns_of(schema: Schema | None) -> Signature | None:
 def interface_of(model: PyFuncModel, answer: object = None) -> Interface:
     """A loaded version's interface, from its signature and (when given) one of its answers."""
     signature = model.metadata.signature
+    if signature is None:
+        return Interface(None, None, answer_of(answer))
+    return Interface(columns_of(signature.inputs), columns_of(signature.outputs), answer_of(answer))
+
+
+def interface_in(model_dir: Path, answer: object = None) -> Interface:
+    """A downloaded version's interface, read from its MLmodel file (no model code runs)."""
+    signature = Model.load(str(model_dir)).signature
     if signature is None:
         return Interface(None, None, answer_of(answer))
     return Interface(columns_of(signature.inputs), columns_of(signature.outputs), answer_of(answer))

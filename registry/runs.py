@@ -81,6 +81,11 @@ def log_model(
     return logged.model_id
 
 
+def params(client: MlflowClient, run_id: str) -> dict[str, str]:
+    """The params a run logged (they cannot be changed once logged)."""
+    return dict(client.get_run(run_id).data.params)
+
+
 def attach(client: MlflowClient, run_id: str, paths: Iterable[Path], directory: str) -> None:
     """Log each file as an artifact of the run, under `directory`."""
     for path in paths:

@@ -7,6 +7,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
+from serving.admission import Admission
+from serving.auth import read_keyring
 from serving.errors import ServingError
 from serving.routes import error_response, router
 from serving.service import Service
@@ -15,8 +17,10 @@ from serving.settings import ServingSettings
 
 def create_app(settings: ServingSettings | None = None) -> FastAPI:
     """Build the app for `settings` (default: from the environment). Changes no process-wide
-    state: logging and warning filters are the entry point's (`serving.cli.worker_app`)."""
+    state: logging and warning filters are the entry point's (`serving.cli.worker_app`).
+    Raises `auth.KeyFileError` (a ValueError naming file and entry) for an unusable keys file."""
     settings = settings or ServingSettings()
+    keyring = read_keyring(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -28,10 +32,15 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         finally:
             await service.stop()
 
-    app = FastAPI(title="modelyard", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    # /docs and /openapi.json are routes of ours, behind MODELYARD_PROTECT_STATUS when it is on
+    app = FastAPI(
+        title="modelyard", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
+    app.state.keyring = keyring
     app.include_router(router)
     app.add_exception_handler(ServingError, _serving_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(Admission, settings=settings)
     return app
 
 

@@ -1,23 +1,26 @@
 """`modelyard serve` (also `python -m serving`): uvicorn running the app factory."""
 
+import ipaddress
+import logging
 import os
 import re
-import socket
 import tempfile
 import warnings
 from typing import Annotated
 
 import typer
-import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
-from uvicorn.supervisors import Multiprocess
 
 from registry.client import bound_http_calls
 from serving import logs
 from serving.app import create_app
+from serving.connections import ServerConfig
 from serving.settings import ServingSettings
+from serving.shutdown import DrainingServer, supervise
+
+logger = logging.getLogger(__name__)
 
 APP = "serving.cli:worker_app"
 """uvicorn's app factory: called once in each worker process."""
@@ -35,14 +38,18 @@ def serve(
         for line in settings_errors(exc):
             typer.echo(f"error: {line}", err=True)
         raise typer.Exit(2) from exc
-    logs.configure(settings.log_level)  # this process's; each worker configures its own
+    logs.configure(settings.log_level, settings.log_queue_lines)  # each worker: its own
+    if settings.api_keys_file is None and not _is_loopback(host):
+        logger.warning(
+            "listening on %s with no MODELYARD_API_KEYS_FILE: predictions are open to all", host
+        )
     # A model artifact is code: refuse pickled models unless the operator allows them.
     os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     # The watcher polls again soon: a registry call is never retried, only bounded.
     bound_http_calls(timeout_s=settings.registry_timeout_s, retries=0)
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="modelyard-metrics-")
-    config = _NoDelayConfig(
+    config = ServerConfig(
         APP,
         factory=True,
         host=host,
@@ -50,13 +57,17 @@ def serve(
         workers=workers,
         access_log=False,
         log_config=None,
-        timeout_graceful_shutdown=30,
+        # uvicorn counts open connections and running requests against it, each on its own
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=settings.keep_alive_s,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
+        max_header_bytes=settings.max_header_bytes,
+        head_timeout_s=settings.body_timeout_s,
     )
     if workers == 1:
-        uvicorn.Server(config).run()
+        DrainingServer(config).run()
         return
-    listener = config.bind_socket()
-    Multiprocess(config, sockets=[listener]).run()
+    supervise(config, [config.bind_socket()])
 
 
 def worker_app() -> FastAPI:
@@ -66,7 +77,7 @@ def worker_app() -> FastAPI:
     process does not reach them: each worker configures itself here, once.
     """
     settings = ServingSettings()
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_queue_lines)
     # serving.model calls a fitted scikit-learn estimator on a float matrix whose columns it has
     # checked against the fitted names, so the warning that the matrix has no names is no news
     warnings.filterwarnings(
@@ -75,17 +86,12 @@ def worker_app() -> FastAPI:
     return create_app(settings)
 
 
-class _NoDelayConfig(uvicorn.Config):
-    """Sets TCP_NODELAY on the listening socket; on Linux accepted sockets inherit it.
-
-    uvicorn's multi-worker mode makes its own socket without it, and a response written in
-    two pieces then waits ~40 ms for the client's delayed ACK on keep-alive connections.
-    """
-
-    def bind_socket(self) -> socket.socket:
-        listener = super().bind_socket()
-        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return listener
+def _is_loopback(host: str) -> bool:
+    """Whether `host` is a loopback address or `localhost`."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def settings_errors(exc: Exception) -> list[str]:

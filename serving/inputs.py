@@ -37,6 +37,7 @@ from mlflow.types import Schema
 
 from registry.contract import Column, columns_of
 from serving.errors import BadRequest, InvalidInput
+from serving.limits import shown
 
 _NUMPY_TYPES = {
     "double": np.float64,
@@ -229,7 +230,8 @@ def _extras(spec: InputSpec, names: Any) -> tuple[str, ...]:
     known = set(spec.names)
     extra = tuple(sorted(str(n) for n in names if n not in known))
     if extra and spec.strict:
-        raise InvalidInput(f"unexpected column(s) {', '.join(extra[:5])}: this model is strict")
+        names = ", ".join(f"'{shown(e)}'" for e in extra[:5])
+        raise InvalidInput(f"unexpected column(s) {names} ({len(extra)} in all): model is strict")
     return extra
 
 

@@ -5,9 +5,13 @@ import logging
 import logging.handlers
 import queue
 import sys
+import threading
+import time
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import orjson
+from prometheus_client import Counter
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "message",
@@ -32,18 +36,115 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
-def configure(level: str) -> None:
-    """Route the root logger through a queue to a JSON handler on stderr (idempotent)."""
+class DroppingQueueHandler(logging.handlers.QueueHandler):
+    """Puts records on a bounded queue; when it is full, drops them and counts them."""
+
+    def __init__(self, records: "queue.Queue[logging.LogRecord]", dropped: Counter) -> None:
+        super().__init__(records)
+        self.records = records
+        self.dropped = dropped
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Queue the record, unless the queue is full (then it is not even formatted)."""
+        if self.records.full():
+            self.dropped.inc()
+            return
+        super().emit(record)
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        """Queue the record; count it dropped if the queue filled up since `emit` looked."""
+        try:
+            self.records.put_nowait(record)
+        except queue.Full:
+            self.dropped.inc()
+
+
+class _Writer(logging.handlers.QueueListener):
+    """The thread writing queued records; stopping waits for room to queue its sentinel."""
+
+    def enqueue_sentinel(self) -> None:
+        self.queue.put(self._sentinel)  # type: ignore[attr-defined]
+
+
+class TracebackLimiter:
+    """At most `per_minute` tracebacks per key in any minute, so that a model failing on every
+    request cannot flood the log: `logger.error(..., exc_info=limiter.allow(key) and exc)`.
+
+    Thread-safe. Keys should be bounded (a model and version); past `max_keys` keys seen in the
+    last minute, new keys get no traceback.
+    """
+
+    def __init__(
+        self,
+        per_minute: int = 5,
+        *,
+        max_keys: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.per_minute = per_minute
+        self.max_keys = max_keys
+        self.clock = clock
+        self._windows: dict[Hashable, list[float]] = {}
+        """Per key: when its current minute began, and tracebacks allowed in it."""
+        self._lock = threading.Lock()
+
+    def allow(self, key: Hashable) -> bool:
+        """Whether a traceback for `key` may be logged now (counting it if so)."""
+        now = self.clock()
+        with self._lock:
+            window = self._windows.get(key)
+            if window is None or now - window[0] >= 60:
+                if window is None and len(self._windows) >= self.max_keys:
+                    self._forget_before(now - 60)
+                    if len(self._windows) >= self.max_keys:
+                        return False
+                window = self._windows[key] = [now, 0]
+            if window[1] >= self.per_minute:
+                return False
+            window[1] += 1
+            return True
+
+    def _forget_before(self, moment: float) -> None:
+        for key in [k for k, (began, _) in self._windows.items() if began < moment]:
+            del self._windows[key]
+
+
+_writer: _Writer | None = None
+_dropped: Counter | None = None
+
+
+def configure(level: str, queue_lines: int = 10_000) -> None:
+    """Route the root logger through a queue of at most `queue_lines` records to a JSON
+    handler on stderr; lines beyond it are dropped and counted (idempotent)."""
+    global _writer, _dropped
     root = logging.getLogger()
     root.setLevel(level)
     if any(isinstance(h, logging.handlers.QueueHandler) for h in root.handlers):
         return
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    records: queue.Queue[logging.LogRecord] = queue.Queue(queue_lines)
     output = logging.StreamHandler(sys.stderr)
     output.setFormatter(JsonFormatter())
-    listener = logging.handlers.QueueListener(records, output)
-    listener.start()
-    atexit.register(listener.stop)
-    root.handlers = [logging.handlers.QueueHandler(records)]
+    _dropped = Counter(
+        "modelyard_log_lines_dropped",
+        "Log lines dropped because the queue of lines to write was full.",
+        registry=None,
+    )
+    _writer = _Writer(records, output)
+    _writer.start()
+    atexit.register(flush)
+    root.handlers = [DroppingQueueHandler(records, _dropped)]
     for noisy in ("uvicorn.access",):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def dropped_lines() -> Counter | None:
+    """The counter of dropped lines, once `configure` has run in this process."""
+    return _dropped
+
+
+def flush() -> None:
+    """Write every queued line and stop the writer thread (at exit; later lines stay queued)."""
+    global _writer
+    writer, _writer = _writer, None
+    if writer is not None:
+        writer.stop()

@@ -1,13 +1,19 @@
 """Prometheus metrics with bounded labels (model, alias, version, status; never request ids).
 
 With several workers, PROMETHEUS_MULTIPROC_DIR is set before they start and /metrics
-aggregates every worker's values.
+aggregates every worker's values. There a series cannot be removed (each worker's values live
+in its files), so a released version's gauge is set to 0 and the exposition leaves out the
+series of every version no live worker serves; a worker's live gauges go when it exits.
 """
 
 import os
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from serving import logs
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -18,6 +24,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        if (dropped := logs.dropped_lines()) is not None:
+            r.register(dropped)
         self.requests = Counter(
             "modelyard_requests",
             "Prediction requests answered.",
@@ -68,10 +76,23 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.requests_by_key = Counter(
+            "modelyard_requests_by_key",
+            "Prediction requests by API key name ('-': no valid key), when keys are on.",
+            ["key", "status"],
+            registry=r,
+        )
         self.fallbacks = Counter(
             "modelyard_traffic_fallbacks",
             "Requests sent to the fallback alias because theirs was not loaded.",
             ["model", "alias"],
+            registry=r,
+        )
+        self.threads_stuck = Gauge(
+            "modelyard_predict_threads_stuck",
+            "Predict threads still running a predict that timed out.",
+            ["model", "version"],
+            multiprocess_mode="livesum",
             registry=r,
         )
 
@@ -98,16 +119,38 @@ class Metrics:
             shadow_labels,
             registry=r,
         )
+        self.watcher_errors = Counter(
+            "modelyard_watcher_errors",
+            "Failures the registry watcher survived (a model's handling, or a whole poll).",
+            registry=r,
+        )
+        self.poll_age = Gauge(
+            "modelyard_registry_poll_age_seconds",
+            "Seconds since the last successful registry poll (since start, before the first).",
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.serving_stale = Gauge(
+            "modelyard_serving_stale",
+            "1 while serving the saved state of a registry not read since start.",
+            multiprocess_mode="livemax",
+            registry=r,
+        )
 
     def version_served(
         self, model: str, alias: str, version: str, load_s: float, previous: str | None
     ) -> None:
         """Point the serving gauge at `version`; drop every series of the released version."""
         if previous is not None and previous != version:
-            for metric in (self.serving, self.load_seconds, self.requests, self.latency):
-                _forget(metric, (model, alias, previous))
+            self.version_released(model, alias, previous)
         self.serving.labels(model, alias, version).set(1)
         self.load_seconds.labels(model, alias, version).set(load_s)
+
+    def version_released(self, model: str, alias: str, version: str) -> None:
+        """Drop every series of a version no longer served (its model unloaded)."""
+        self.serving.labels(model, alias, version).set(0)
+        for metric in (self.serving, self.load_seconds, self.requests, self.latency):
+            _forget(metric, (model, alias, version))
 
     def in_flight_of(self, model: str) -> Gauge:
         """The in-flight gauge of `model`, its child looked up once (it is set on every predict)."""
@@ -119,14 +162,58 @@ class Metrics:
     def exposition(self) -> bytes:
         """The text exposition: this process, or every worker in multiprocess mode."""
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-            merged = CollectorRegistry()
-            MultiProcessCollector(merged)
+            merged = CollectorRegistry(auto_describe=False)
+            merged.register(_ServedOnly(MultiProcessCollector(None)))
             return generate_latest(merged)
         return generate_latest(self.registry)
 
 
+def process_exited() -> None:
+    """In multiprocess mode, drop this process's live gauges (call as the process ends)."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        mark_process_dead(os.getpid())
+
+
+VERSIONED = {
+    "modelyard_serving_version",
+    "modelyard_model_load_seconds",
+    "modelyard_requests",
+    "modelyard_request_duration_seconds",
+}
+"""Metrics labelled model, alias, version: shown only for versions some worker serves."""
+
+
+class _ServedOnly:
+    """Every worker's metrics, without the series of versions no live worker serves."""
+
+    def __init__(self, source: MultiProcessCollector) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        """The source's metrics, versioned ones filtered."""
+        families = list(self.source.collect())
+        served = {
+            _version(sample.labels)
+            for family in families
+            if family.name == "modelyard_serving_version"
+            for sample in family.samples
+            if sample.value >= 1
+        }
+        for family in families:
+            if family.name in VERSIONED:
+                family.samples = [s for s in family.samples if _version(s.labels) in served]
+            yield family
+
+
+def _version(labels: dict[str, str]) -> tuple[str | None, ...]:
+    return (labels.get("model"), labels.get("alias"), labels.get("version"))
+
+
 def _forget(metric: Counter | Gauge | Histogram, prefix: tuple[str, ...]) -> None:
-    """Remove every child series whose first label values are `prefix`."""
+    """Remove every child series whose first label values are `prefix` (this process's only:
+    in multiprocess mode the exposition filters them instead)."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        return
     for labels in list(metric._metrics):  # the client exposes no public listing of children
         if labels[: len(prefix)] == prefix:
             metric.remove(*labels)

@@ -3,10 +3,12 @@
 import logging
 import statistics
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PyFuncModel
@@ -18,6 +20,7 @@ from registry.refs import ModelRef
 from serving import protocol
 from serving.errors import BadRequest, InvalidInput
 from serving.inputs import Batch, InputSpec, from_frame
+from serving.pool import PredictPool
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +34,10 @@ class WarmupFailed(Exception):
     """The version could not predict on its own input example."""
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class LoadedModel:
-    """One exact version, ready to predict. Immutable: a swap replaces the whole object."""
+    """One exact version, ready to predict, with its own predict threads. A swap replaces the
+    whole object; only `inline_rows` ever changes, to 0."""
 
     ref: ModelRef
     pyfunc: PyFuncModel
@@ -41,7 +45,11 @@ class LoadedModel:
     """The signature's input schema, read once."""
     spec: InputSpec | None
     native: Native | None
-    inline: bool = False
+    pool: PredictPool
+    """This version's predict threads; shut down when the version is released."""
+    inline_rows: int = 0
+    """Requests of at most this many rows predict on the event loop; 0: none do. Set to 0 for
+    good once an inline predict was measured far slower than warm-up promised."""
     warmup_ms: float = 0.0
     load_s: float = 0.0
     interface: contract.Interface | None = None
@@ -49,6 +57,15 @@ class LoadedModel:
     accepts_missing: bool = True
     """False when warm-up showed it raising on a missing value its signature allows: requests
     holding one are then the client's mistake (400), not the model's failure (500)."""
+
+    @property
+    def inline(self) -> bool:
+        """Whether small requests predict on the event loop."""
+        return self.inline_rows > 0
+
+    def runs_inline(self, request: protocol.Decoded) -> bool:
+        """Whether this request predicts on the event loop: no larger than the warm-up's."""
+        return self.inline_rows > 0 and 0 < rows_of(request) <= self.inline_rows
 
     def predict(self, request: protocol.Decoded) -> Any:
         """Predict on a decoded request: straight into the model when validated here."""
@@ -84,20 +101,31 @@ class LoadedModel:
 
 
 def prepare(
-    ref: ModelRef, pyfunc: PyFuncModel, *, strict: bool, inline_below_ms: float, started: float
+    ref: ModelRef,
+    pyfunc: PyFuncModel,
+    *,
+    strict: bool,
+    inline_below_ms: float,
+    started: float,
+    threads: int = 2,
 ) -> LoadedModel:
     """Wrap a freshly loaded pyfunc, warm it up on its input example and time it.
 
-    `started` is the monotonic time the load began, for the load-seconds metric.
+    `started` is the monotonic time the load began, for the load-seconds metric; `threads`
+    the size of the version's predict pool (MODELYARD_PREDICT_THREADS), whose threads end
+    when the returned object is released.
     """
     schema = pyfunc.metadata.get_input_schema()
     spec = InputSpec.from_schema(schema, strict=strict)
-    model = LoadedModel(ref, pyfunc, schema, spec, _native(pyfunc) if spec else None)
+    pool = PredictPool(threads, f"predict-{ref.name}-{ref.version}")
+    model = LoadedModel(ref, pyfunc, schema, spec, _native(pyfunc) if spec else None, pool)
     example = _example(pyfunc, spec)
     if example is None:
         logger.warning("%s has no input example: not warmed up, predicting in a thread", ref)
-        return replace(
-            model, load_s=time.monotonic() - started, interface=contract.interface_of(pyfunc)
+        return _released_with_pool(
+            replace(
+                model, load_s=time.monotonic() - started, interface=contract.interface_of(pyfunc)
+            )
         )
     timings: list[float] = []
     try:
@@ -111,16 +139,32 @@ def prepare(
         reason = protocol.first_line(str(exc) or type(exc).__name__)
         raise WarmupFailed(f"warm-up predict on the input example failed: {reason}") from exc
     median = statistics.median(timings)
-    return replace(
-        model,
-        # the fastest call is the model's own cost; the median also counts whatever else ran
-        # on the machine during warm-up, which would send a fast model to a thread for good
-        inline=min(timings) < inline_below_ms,
-        warmup_ms=median,
-        load_s=time.monotonic() - started,
-        interface=contract.interface_of(pyfunc, output),
-        accepts_missing=_accepts_missing(model, example),
+    return _released_with_pool(
+        replace(
+            model,
+            # the fastest call is the model's own cost; the median also counts whatever else
+            # ran on the machine during warm-up, which would send a fast model to a thread
+            inline_rows=rows_of(example) if min(timings) < inline_below_ms else 0,
+            warmup_ms=median,
+            load_s=time.monotonic() - started,
+            interface=contract.interface_of(pyfunc, output),
+            accepts_missing=_accepts_missing(model, example),
+        )
     )
+
+
+def rows_of(request: protocol.Decoded) -> int:
+    """The rows of a decoded request; 0 when its shape does not say."""
+    if request.batch is not None:
+        return request.batch.rows
+    data = request.data
+    return len(data) if isinstance(data, (pd.DataFrame, np.ndarray)) and data.ndim else 0
+
+
+def _released_with_pool(model: LoadedModel) -> LoadedModel:
+    """`model`, whose predict threads end when it is released."""
+    weakref.finalize(model, model.pool.shutdown)
+    return model
 
 
 def _accepts_missing(model: LoadedModel, example: protocol.Decoded) -> bool:

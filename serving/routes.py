@@ -2,19 +2,33 @@
 
 import dataclasses
 import hmac
+import re
 import time
+import uuid
+from collections.abc import Iterable, Mapping
 from importlib.metadata import version
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Header, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from serving import webhooks
-from serving.errors import BodyTooLarge, ServingError, Unauthorized
+from serving.auth import Keyring, presented_key, scrub
+from serving.errors import BodyTooLarge, KeyRequired, ServingError, Unauthorized
 from serving.service import Outcome, Service
+from serving.settings import ServingSettings
 from serving.webhooks import BadDelivery
 
 router = APIRouter()
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+"""An X-Request-ID a client may choose; any other is replaced by a fresh one."""
+MAX_HEADER_CHARS = 1000
+"""Longest header value built from client input; a cut list ends with the item `*`."""
+NO_KEY = "-"
+"""The key label of requests without a valid key."""
 
 
 async def get_service(request: Request) -> Service:
@@ -23,7 +37,29 @@ async def get_service(request: Request) -> Service:
     return request.app.state.service  # type: ignore[no-any-return]
 
 
+async def get_keyring(request: Request) -> Keyring | None:
+    """The API keys of the prediction endpoints; None when they are open."""
+    return request.app.state.keyring  # type: ignore[no-any-return]
+
+
 ServiceDep = Annotated[Service, Depends(get_service)]
+KeyringDep = Annotated[Keyring | None, Depends(get_keyring)]
+
+
+async def status_access(request: Request, service: ServiceDep, keyring: KeyringDep) -> None:
+    """With `protect_status`, a valid API key or the admin token; else 401."""
+    if not service.settings.protect_status:
+        return
+    presented = presented_key(request.headers)
+    if presented is not None:
+        if _is_admin_token(service.settings, presented):
+            return
+        if keyring is not None and await keyring.identify(presented) is not None:
+            return
+    raise KeyRequired("an API key or the admin token is required here (MODELYARD_PROTECT_STATUS)")
+
+
+StatusAccess = Depends(status_access)
 INVOCATION_DOC: dict[str, Any] = {
     "requestBody": {
         "content": {
@@ -36,31 +72,37 @@ INVOCATION_DOC: dict[str, Any] = {
 
 
 @router.post("/invocations", openapi_extra=INVOCATION_DOC, tags=["predict"])
-async def invocations(request: Request, service: ServiceDep) -> Response:
+async def invocations(request: Request, service: ServiceDep, keyring: KeyringDep) -> Response:
     """MLflow scoring protocol for the default model, A/B-routed."""
-    return await _invoke(request, service, None, None)
+    return await _invoke(request, service, keyring, None, None)
 
 
 @router.post("/models/{name}/invocations", openapi_extra=INVOCATION_DOC, tags=["predict"])
-async def model_invocations(name: str, request: Request, service: ServiceDep) -> Response:
+async def model_invocations(
+    name: str, request: Request, service: ServiceDep, keyring: KeyringDep
+) -> Response:
     """MLflow scoring protocol for a named model, A/B-routed."""
-    return await _invoke(request, service, name, None)
+    return await _invoke(request, service, keyring, name, None)
 
 
 @router.post(
     "/models/{name}/aliases/{alias}/invocations", openapi_extra=INVOCATION_DOC, tags=["predict"]
 )
 async def alias_invocations(
-    name: str, alias: str, request: Request, service: ServiceDep
+    name: str, alias: str, request: Request, service: ServiceDep, keyring: KeyringDep
 ) -> Response:
     """MLflow scoring protocol pinned to one alias (bypasses the split)."""
-    return await _invoke(request, service, name, alias)
+    return await _invoke(request, service, keyring, name, alias)
 
 
-@router.get("/models", tags=["status"])
+@router.get("/models", tags=["status"], dependencies=[StatusAccess])
 async def models(service: ServiceDep) -> dict[str, Any]:
-    """Every served model: aliases -> version, state, last error, traffic split."""
-    return dataclasses.asdict(service.status())
+    """Every served model: aliases -> version, state, last error, traffic split (not its salt).
+    Credentials in error texts are masked."""
+    document = dataclasses.asdict(service.status())
+    for model in document["models"].values():
+        del model["traffic"]["salt"]  # knowing it, a client could pick keys that reach staging
+    return _scrubbed(document)  # type: ignore[no-any-return]
 
 
 @router.get("/models/{name}/ready", tags=["status"])
@@ -69,7 +111,7 @@ async def model_ready(name: str, service: ServiceDep) -> Response:
     readiness = service.model_readiness(name)
     if readiness.ready:
         return JSONResponse({"ready": True})
-    return JSONResponse({"ready": False, "reason": readiness.reasons[0]}, status_code=503)
+    return JSONResponse({"ready": False, "reason": scrub(readiness.reasons[0])}, status_code=503)
 
 
 @router.get("/health/live", tags=["status"])
@@ -82,9 +124,11 @@ async def live() -> dict[str, str]:
 async def ready(service: ServiceDep) -> Response:
     """200 only when every required model is loaded; else 503 naming what is missing."""
     readiness = service.readiness()
-    if readiness.ready:
-        return JSONResponse({"ready": True})
-    return JSONResponse({"ready": False, "reasons": list(readiness.reasons)}, status_code=503)
+    body = readiness.document()
+    for key in ("reasons", "degraded_reasons"):
+        if key in body:
+            body[key] = [scrub(str(reason)) for reason in body[key]]  # type: ignore[attr-defined]
+    return JSONResponse(body, status_code=200 if readiness.ready else 503)
 
 
 @router.get("/ping", tags=["mlflow"])
@@ -101,7 +145,7 @@ async def mlflow_version() -> Response:
     return Response(version("mlflow"), media_type="application/json")
 
 
-@router.get("/metrics", tags=["status"])
+@router.get("/metrics", tags=["status"], dependencies=[StatusAccess])
 async def metrics(service: ServiceDep) -> Response:
     """Prometheus exposition (every worker's values in multiprocess mode)."""
     return Response(service.metrics.exposition(), media_type="text/plain; version=0.0.4")
@@ -112,9 +156,10 @@ async def refresh(
     service: ServiceDep, authorization: Annotated[str | None, Header()] = None
 ) -> dict[str, str]:
     """Re-read the registry now (this worker). Needs `Authorization: Bearer <admin token>`."""
-    token = service.settings.admin_token
+    if not service.settings.admin_token or not service.settings.admin_token.get_secret_value():
+        raise Unauthorized("no admin token is configured here (MODELYARD_ADMIN_TOKEN)")
     given = (authorization or "").removeprefix("Bearer ").strip()
-    if token is None or not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+    if not _is_admin_token(service.settings, given):
         raise Unauthorized("a valid admin token is required (Authorization: Bearer ...)")
     await service.watcher.poll()
     return {"status": "refreshed"}
@@ -142,13 +187,59 @@ async def mlflow_webhook(request: Request, service: ServiceDep) -> dict[str, str
     return {"status": "accepted"}
 
 
+@router.get("/openapi.json", include_in_schema=False, dependencies=[StatusAccess])
+async def openapi(request: Request) -> JSONResponse:
+    """The OpenAPI schema."""
+    return JSONResponse(request.app.openapi())
+
+
+@router.get("/docs", include_in_schema=False, dependencies=[StatusAccess])
+async def docs(request: Request) -> HTMLResponse:
+    """Swagger UI."""
+    root = request.scope.get("root_path", "")
+    return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title="modelyard")
+
+
 async def _invoke(
-    request: Request, service: Service, name: str | None, alias: str | None
+    request: Request,
+    service: Service,
+    keyring: Keyring | None,
+    name: str | None,
+    alias: str | None,
 ) -> Response:
-    """Read the request, let Service answer it, and write the outcome as a response."""
+    """Check the request's key (when keys are on), let Service answer it, and write the
+    outcome as a response. A refused request is recorded like any other."""
     started = time.perf_counter()
+    request_id = request_id_of(request.headers)
+    if keyring is None:
+        return _response(await _predict(request, service, name, alias, request_id, started))
+    key_name = NO_KEY
+    try:
+        key = await keyring.authenticate(request.headers)
+        key_name = key.name
+        model = name or service.default_model()
+        allowance = keyring.admit(key, model, alias, service.settings.required_alias)
+    except ServingError as error:
+        outcome = service.refused(error, name, alias, request_id=request_id, started=started)
+    else:
+        try:
+            outcome = await _predict(request, service, name, alias, request_id, started)
+        finally:
+            allowance.release()
+    service.metrics.requests_by_key.labels(key_name, str(outcome.status)).inc()
+    return _response(outcome)
+
+
+async def _predict(
+    request: Request,
+    service: Service,
+    name: str | None,
+    alias: str | None,
+    request_id: str,
+    started: float,
+) -> Outcome:
+    """Read the body and let Service answer it."""
     headers = request.headers
-    request_id = headers.get("x-request-id")
     try:
         body = await _read_body(request, service.settings.max_body_bytes)
     except BodyTooLarge as error:
@@ -163,7 +254,7 @@ async def _invoke(
             request_id=request_id,
             started=started,
         )
-    return _response(outcome)
+    return outcome
 
 
 def _response(outcome: Outcome) -> Response:
@@ -171,7 +262,7 @@ def _response(outcome: Outcome) -> Response:
     if outcome.error is None:
         response: Response = Response(outcome.body, media_type="application/json")
         if outcome.extra_columns:
-            response.headers["X-Ignored-Columns"] = ",".join(outcome.extra_columns)[:1000]
+            response.headers["X-Ignored-Columns"] = ignored_columns(outcome.extra_columns)
     else:
         response = error_response(outcome.error)
     headers = response.headers
@@ -183,6 +274,35 @@ def _response(outcome: Outcome) -> Response:
         headers["X-Model-Version"] = ref.version
         headers["X-Model-Run-Id"] = ref.run_id or ""
     return response
+
+
+def request_id_of(headers: Mapping[str, str]) -> str:
+    """The client's X-Request-ID when it is 1..128 of `A-Z a-z 0-9 . _ -`, else a fresh one."""
+    given = headers.get("x-request-id")
+    if given is not None and len(given) <= 128 and REQUEST_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
+
+
+def ignored_columns(names: Iterable[str]) -> str:
+    """The X-Ignored-Columns value: each name percent-encoded as in a URL (all but letters,
+    digits and `-._~`, as UTF-8), joined by commas, at most MAX_HEADER_CHARS characters; a list
+    that does not fit keeps its first whole names and ends with the item `*`."""
+    encoded, length = [], -1
+    for name in names:
+        encoded.append(quote(name[:MAX_HEADER_CHARS], safe=""))
+        length += len(encoded[-1]) + 1
+        if length > MAX_HEADER_CHARS:
+            break
+    else:
+        return ",".join(encoded)
+    kept, length = [], 0
+    for part in encoded:
+        if length + len(part) + 2 > MAX_HEADER_CHARS:
+            break
+        kept.append(part)
+        length += len(part) + 1
+    return ",".join([*kept, "*"])
 
 
 def error_response(error: ServingError) -> JSONResponse:
@@ -206,3 +326,21 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise BodyTooLarge(limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _is_admin_token(settings: ServingSettings, given: str) -> bool:
+    """Whether `given` is the admin token, compared in constant time; never when it is unset
+    or empty."""
+    token = settings.admin_token.get_secret_value() if settings.admin_token else ""
+    return bool(token) and hmac.compare_digest(given.encode(), token.encode())
+
+
+def _scrubbed(value: Any) -> Any:
+    """`value` with credentials masked in every string it holds."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: _scrubbed(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrubbed(v) for v in value]
+    return value

@@ -1,20 +1,32 @@
 """The serving process's long-lived state and the prediction path, without HTTP."""
 
 import asyncio
+import functools
 import logging
 import random
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 from registry.refs import ModelRef
 from serving import protocol, traffic
-from serving.errors import ModelFailed, Overloaded, PredictTimeout, ServingError
+from serving.errors import (
+    ModelFailed,
+    ModelNotReady,
+    NothingServed,
+    PredictTimeout,
+    ServingError,
+    UnknownModel,
+    VersionStuck,
+)
+from serving.limits import DecodeLimits
+from serving.logs import TracebackLimiter
 from serving.metrics import Metrics
 from serving.model import LoadedModel
+from serving.pool import PredictPool
 from serving.settings import ServingSettings
 from serving.shadow import Agreement
 from serving.slots import ServedModel, SlotTable
@@ -23,11 +35,17 @@ from serving.watcher import Watcher
 from serving.webhooks import Verifier
 
 logger = logging.getLogger("serving.requests")
+events = logging.getLogger(__name__)
 
 SHADOW_BACKLOG = 16
 """Shadow predictions queued or running at most; beyond that a sample is skipped and counted."""
 NO_PREDICTIONS = protocol.encode([])
 """The answer to a validated request of zero rows, for which no model is called."""
+INLINE_SLOWDOWN = 20
+"""An inline predict this many times slower than MODELYARD_INLINE_BELOW_MS moves its version
+to its threads for good: on the event loop it held up every other request meanwhile."""
+STOP_TIMEOUT_S = 5.0
+"""Stopping waits this long at most for the watcher's loads to be cancelled."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,19 +80,23 @@ class Outcome:
 
 
 class Service:
-    """Slots, watcher, metrics and the predict thread pool of one serving process."""
+    """Slots, watcher, metrics and the shadow thread of one serving process. Each loaded
+    version predicts on threads of its own (`LoadedModel.pool`)."""
 
     def __init__(self, settings: ServingSettings) -> None:
         self.settings = settings
         self.table = SlotTable()
         self.metrics = Metrics()
         self.watcher = Watcher(settings, self.table, self.metrics)
-        self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="predict")
         # Shadow scoring has a thread of its own and a bounded backlog: it never queues ahead
         # of production predictions, a slow shadow cannot pile up work, one thread tallies.
-        self.shadow_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
+        self.shadow_pool = PredictPool(1, "shadow")
         self._shadow_backlog = threading.BoundedSemaphore(SHADOW_BACKLOG)
-        self._in_flight = 0
+        self.limits = DecodeLimits.of(settings)
+        self._tracebacks = TracebackLimiter()
+        self._suppressed: dict[tuple[str, str], int] = {}
+        """Per version, failures logged without their traceback since the last one with it."""
+        self._draining = False
         self._random = random.Random()
         secret = settings.webhook_secret
         self.webhooks = Verifier(secret.get_secret_value()) if secret else None
@@ -84,18 +106,35 @@ class Service:
         """Begin following the registry; loads happen in the background."""
         self._task = asyncio.create_task(self.watcher.run())
 
+    def drain(self) -> None:
+        """Answer readiness 503 "shutting down" from now on; requests are still served."""
+        self._draining = True
+
     async def stop(self) -> None:
-        """Stop polling and loading; let the predict threads finish."""
+        """Stop polling, loading and every predict thread. Never waits for a predict: a thread
+        still running one ends when it returns (they are daemons; exit does not wait)."""
+        self._draining = True
+        stopping = asyncio.ensure_future(self._stop_following())
+        await asyncio.wait({stopping}, timeout=STOP_TIMEOUT_S)
+        self.shadow_pool.shutdown()
+        for served in self.table.models.values():
+            for slot in served.slots.values():
+                if slot.current is not None:
+                    slot.current.pool.shutdown()
+
+    async def _stop_following(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         await self.watcher.stop()
-        self.shadow_executor.shutdown(wait=True, cancel_futures=True)
-        self.executor.shutdown(wait=True)
 
     def readiness(self) -> Readiness:
         """Whether every required model serves its required alias; else why not."""
-        return check_process(self.settings, self.table, self.watcher.registry_error)
+        if self._draining:
+            return Readiness(("shutting down",))
+        return check_process(
+            self.settings, self.table, self.watcher.registry_error, self.watcher.health()
+        )
 
     def model_readiness(self, name: str) -> Readiness:
         """Whether model `name` serves its required alias; else why not. UnknownModel (404)."""
@@ -103,7 +142,9 @@ class Service:
 
     def status(self) -> Status:
         """Every served model: aliases, versions, states, errors, traffic and shadow agreement."""
-        return describe(self.table, self.watcher.registry_error, self.watcher.last_poll)
+        return describe(
+            self.table, self.watcher.registry_error, self.watcher.last_poll, self.watcher.health()
+        )
 
     def default_model(self) -> str:
         """The model behind /invocations: the configured one, else the first served by name."""
@@ -111,8 +152,17 @@ class Service:
             return self.settings.default_model
         names = self.settings.models or sorted(self.table.models)
         if not names:
-            raise ServingError("no model is served yet")
+            raise NothingServed()
         return names[0]
+
+    def _served(self, name: str) -> ServedModel:
+        """The served model `name`: 404 if it is not one to serve, 503 if not read yet."""
+        try:
+            return self.table.model(name)
+        except UnknownModel:
+            if name in (self.settings.models or ()) or name == self.settings.default_model:
+                raise ModelNotReady(name, self.settings.required_alias) from None
+            raise
 
     async def invoke(
         self,
@@ -128,8 +178,9 @@ class Service:
         """Route, decode, validate, predict and encode one request; count and log it.
 
         `name` None is the default model; `alias` None lets the traffic split choose, sticky by
-        `routing_key`. `started` is the `time.perf_counter()` of the request's arrival (default:
-        now). A validated request of zero rows is answered with no predictions, without a model.
+        `routing_key`, among aliases that are loaded and not stuck (the required alias takes the
+        rest). `started` is the `time.perf_counter()` of the request's arrival (default: now).
+        A validated request of zero rows is answered with no predictions, without a model.
         """
         if started is None:
             started = time.perf_counter()
@@ -140,16 +191,19 @@ class Service:
         fallback, answer = False, b""
         try:
             name = name or self.default_model()
-            served = self.table.model(name)
+            served = self._served(name)
             if alias is None:
                 choice = traffic.choose(
-                    served.split, routing_key, served.loaded_aliases(), served.required_alias
+                    served.split, routing_key, served.available_aliases(), served.required_alias
                 )
                 alias, fallback = choice.alias, choice.fallback
                 if fallback:
                     self.metrics.fallbacks.labels(name, alias).inc()
             _, loaded = self.table.loaded(name, alias)
-            decoded = protocol.decode(body, content_type, loaded.spec, loaded.schema)
+            pool = loaded.pool
+            if pool.exhausted:
+                raise VersionStuck(name, alias, loaded.ref.version, pool.threads)
+            decoded = await self._decode(body, content_type, loaded)
             batch = decoded.batch
             if batch is not None and batch.extra:
                 extra = batch.extra
@@ -230,7 +284,7 @@ class Service:
         pair = (primary.ref.version, shadow.ref.version)
         labels = (served.name, *pair)
 
-        if not self._shadow_backlog.acquire(blocking=False):
+        if shadow.pool.exhausted or not self._shadow_backlog.acquire(blocking=False):
             self.metrics.shadow_skipped.labels(*labels).inc()
             return
 
@@ -248,35 +302,94 @@ class Service:
             finally:
                 self._shadow_backlog.release()
 
-        self.shadow_executor.submit(score)
+        self.shadow_pool.submit(score)
+
+    async def _decode(
+        self, body: bytes, content_type: str | None, loaded: LoadedModel
+    ) -> protocol.Decoded:
+        """The body read for `loaded`; a large one off the event loop."""
+        if len(body) > self.settings.decode_in_thread_bytes:
+            return await asyncio.to_thread(
+                protocol.decode, body, content_type, loaded.spec, loaded.schema, limits=self.limits
+            )
+        return protocol.decode(body, content_type, loaded.spec, loaded.schema, limits=self.limits)
 
     async def _predict(self, loaded: LoadedModel, alias: str, decoded: protocol.Decoded) -> Any:
-        if self._in_flight >= self.settings.max_in_flight:
-            raise Overloaded(f"more than {self.settings.max_in_flight} requests in flight")
         gauge = self.metrics.in_flight_of(loaded.ref.name)
-        self._in_flight += 1
         gauge.inc()
         try:
-            if loaded.inline:
-                return loaded.predict(decoded)
-            future = asyncio.get_running_loop().run_in_executor(
-                self.executor, loaded.predict, decoded
-            )
-            return await asyncio.wait_for(future, timeout=self.settings.predict_timeout_s)
+            if loaded.runs_inline(decoded):
+                return self._predict_inline(loaded, decoded)
+            return await self._predict_in_thread(loaded, decoded)
         except ServingError:
             raise
+        except Exception as exc:
+            self._log_failure(loaded, alias, exc)
+            raise ModelFailed(loaded.ref.name, alias, loaded.ref.version) from None
+        finally:
+            gauge.dec()
+
+    def _predict_inline(self, loaded: LoadedModel, decoded: protocol.Decoded) -> Any:
+        """On the event loop; a call far slower than warm-up promised ends inline predicts."""
+        began = time.perf_counter()
+        try:
+            return loaded.predict(decoded)
+        finally:
+            took_ms = (time.perf_counter() - began) * 1000
+            if took_ms > INLINE_SLOWDOWN * self.settings.inline_below_ms and loaded.inline:
+                loaded.inline_rows = 0
+                events.warning(
+                    "%s took %.1f ms inline (warm-up: %.3f ms): predicting in its threads now",
+                    loaded.ref,
+                    took_ms,
+                    loaded.warmup_ms,
+                )
+
+    async def _predict_in_thread(self, loaded: LoadedModel, decoded: protocol.Decoded) -> Any:
+        """On the version's threads, within the deadline; a call that misses it is abandoned."""
+        future = loaded.pool.submit(functools.partial(loaded.predict, decoded))
+        limit = self.settings.predict_timeout_s
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout=limit)
         except TimeoutError:
-            limit = self.settings.predict_timeout_s
+            self._abandon(loaded, future)
             raise PredictTimeout(
                 f"model '{loaded.ref.name}' did not answer within {limit} s"
             ) from None
-        except Exception as exc:
-            logger.error(
-                "model raised on valid input",
-                exc_info=exc,
-                extra={"model": loaded.ref.name, "alias": alias, "version": loaded.ref.version},
+
+    def _abandon(self, loaded: LoadedModel, future: "Future[Any]") -> None:
+        """Count the thread a timed-out predict holds until it returns."""
+        pool, ref = loaded.pool, loaded.ref
+        was_stuck = pool.exhausted
+        pool.abandon(future)
+        gauge = self.metrics.threads_stuck.labels(ref.name, ref.version)
+        gauge.set(pool.stuck)
+        future.add_done_callback(lambda _: gauge.set(pool.stuck))
+        if pool.exhausted and not was_stuck:
+            events.error(
+                "%s is stuck: all %d predict threads are held by predicts that timed out; "
+                "it takes no traffic until one returns",
+                ref,
+                pool.threads,
             )
-            raise ModelFailed(loaded.ref.name, alias, loaded.ref.version) from None
-        finally:
-            self._in_flight -= 1
-            gauge.dec()
+
+    def _log_failure(self, loaded: LoadedModel, alias: str, exc: Exception) -> None:
+        """A traceback for the first few failures of a version per minute, then one line each;
+        the next traceback says how many were left out."""
+        ref = loaded.ref
+        key = (ref.name, ref.version)
+        extra = {"model": ref.name, "alias": alias, "version": ref.version}
+        if not self._tracebacks.allow(key):
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            logger.error(
+                "model raised on valid input: %s (traceback not logged: too many)",
+                type(exc).__name__,
+                extra=extra,
+            )
+            return
+        suppressed = self._suppressed.pop(key, 0)
+        logger.error(
+            "model raised on valid input",
+            exc_info=exc,
+            extra=extra | {"tracebacks_suppressed": suppressed},
+        )

@@ -104,6 +104,11 @@ class ServingSettings(BaseSettings):
         15, gt=0, description="Time allowed to send a whole body; slower clients get 408."
     )
     keep_alive_s: float = Field(5, gt=0, description="Idle keep-alive connections close after it.")
+    max_buffered_bytes: int = Field(
+        64 * 2**20,
+        gt=0,
+        description="Prediction bodies held at once beyond the first 64 KiB of each; more: 503.",
+    )
     shutdown_grace_s: float = Field(
         20, ge=0, description="On SIGTERM, time in-flight requests get before the process exits."
     )

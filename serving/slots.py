@@ -14,7 +14,7 @@ from serving.model import LoadedModel
 from serving.shadow import Agreement
 from serving.traffic import TrafficSplit
 
-State = Literal["absent", "loading", "ready", "failed"]
+State = Literal["absent", "loading", "ready", "stuck", "failed"]
 
 
 @dataclass(eq=False)
@@ -37,11 +37,12 @@ class Slot:
 
     @property
     def state(self) -> State:
-        """absent (nothing to load), loading, ready, or failed (nothing loaded, last try failed)."""
+        """absent (nothing to load), loading, ready, stuck (loaded, but every predict thread is
+        held by a predict that timed out), or failed (nothing loaded, last try failed)."""
         if self.loading is not None and self.current is None:
             return "loading"
         if self.current is not None:
-            return "ready"
+            return "stuck" if self.current.pool.exhausted else "ready"
         return "failed" if self.error else "absent"
 
     def failed(self, version: str, reason: str, backoff_s: float) -> None:
@@ -80,9 +81,13 @@ class ServedModel:
         """Ready when the required alias has a loaded version."""
         return self.slots[self.required_alias].current is not None
 
-    def loaded_aliases(self) -> list[str]:
-        """Aliases with a loaded version."""
-        return [a for a, s in self.slots.items() if s.current is not None]
+    def available_aliases(self) -> list[str]:
+        """Aliases whose version can take traffic: loaded, and not stuck."""
+        return [
+            a
+            for a, s in self.slots.items()
+            if s.current is not None and not s.current.pool.exhausted
+        ]
 
 
 @dataclass(eq=False)

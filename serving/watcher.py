@@ -5,6 +5,12 @@ whose alias names another version loads it in the background (resolve -> READY -
 -> load -> warm up -> contract check) and only then swaps; a failure leaves the old version
 serving and is retried with backoff. A webhook or /admin/refresh only makes the next poll
 happen now.
+
+The loop is supervised: a failure in one model's handling is shown on that model and the
+others go on; anything else is logged and counted, and the next poll comes as usual. After
+each applied poll and swap the served state is saved (serving.state); a process started while
+the registry is unreachable serves that saved state from its cache, flagged stale, until the
+registry answers.
 """
 
 import asyncio
@@ -13,18 +19,21 @@ import gc
 import logging
 import random
 import time
-from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from registry import contract, loading, snapshot, versions
+from registry import contract, loading, snapshot
+from registry.cache import VersionId
 from registry.client import connect
+from registry.refs import ModelRef
 from registry.snapshot import ModelState
 from serving import traffic
 from serving.metrics import Metrics
 from serving.model import LoadedModel, prepare
 from serving.settings import ServingSettings
 from serving.slots import ServedModel, Slot, SlotTable
+from serving.state import LastKnownGood, SavedModel, Storage
+from serving.status import RegistryHealth
 
 logger = logging.getLogger(__name__)
 
@@ -40,22 +49,58 @@ class Watcher:
         self.settings = settings
         self.table = table
         self.metrics = metrics
-        self.cache_dir: Path = loading.private_dir(settings.model_cache_dir)
+        self.storage = Storage.create(settings)
         self.registry_error: str | None = None
         self.last_poll: float | None = None
+        """Unix time of the last successful poll."""
+        self.stale = False
+        """Serving the saved state: the registry has not answered since the process started."""
+        self._started = time.time()
         self._client: MlflowClient | None = None
+        self._served: dict[tuple[str, str], VersionId] = {}
+        """The identity of the version each (model, alias) serves."""
+        self._restorable: dict[tuple[str, str], VersionId] = {}
+        """Saved versions by (model, version), loaded from the cache while the registry is out."""
+        self._loading: list[VersionId] = []
+        """Versions being loaded (by worker threads): never pruned."""
+        self._leaving: dict[str, float] = {}
+        """Models no longer in the registry, by the monotonic time they are unloaded at."""
+        self._saved: LastKnownGood | None = None
+        self._save_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._loads: dict[Slot, asyncio.Task[None]] = {}
         self._heap_frozen = False
+        # read at scrape time in this process; with several workers, as of the last poll
+        metrics.poll_age.set_function(lambda: self.health().poll_age_s)
+        metrics.serving_stale.set_function(lambda: float(self.stale))
 
     def refresh_now(self) -> None:
         """Poll at once instead of at the next interval."""
         self._wake.set()
 
+    def health(self) -> RegistryHealth:
+        """How the registry answered, how long ago, and whether saved state is served."""
+        since = self.last_poll if self.last_poll is not None else self._started
+        return RegistryHealth(
+            self.registry_error, self.last_poll, round(time.time() - since, 3), self.stale
+        )
+
     async def run(self) -> None:
-        """Poll forever, every `poll_interval_s` (up to 20% sooner, jittered), or when woken."""
+        """Poll forever, every `poll_interval_s` (up to 20% sooner, jittered), or when woken.
+
+        Unless `require_fresh_registry`, a first poll that fails restores the saved state.
+        """
+        self._saved = await asyncio.to_thread(self.storage.load)
+        saved = None if self.settings.require_fresh_registry else self._saved
         while True:
-            await self.poll()
+            try:
+                await self.poll()
+                if saved is not None and self.last_poll is None:
+                    self._restore(saved)
+                saved = None
+                self._report()
+            except Exception:
+                self._failed("watcher loop")
             # jitter only downwards: replicas stay out of step, and a move is never seen
             # later than one poll interval after it is made
             interval = self.settings.poll_interval_s * random.uniform(0.8, 1.0)
@@ -64,13 +109,14 @@ class Watcher:
             self._wake.clear()
 
     async def stop(self) -> None:
-        """Cancel loads under way."""
+        """Cancel loads under way; remove a temporary cache."""
         for task in self._loads.values():
             task.cancel()
         await asyncio.gather(*self._loads.values(), return_exceptions=True)
+        await asyncio.to_thread(self.storage.close)
 
     async def poll(self) -> None:
-        """Read the registry once and start whatever loads it calls for."""
+        """Read the registry once and start whatever loads it calls for. Never raises."""
         try:
             states = await asyncio.wait_for(
                 asyncio.to_thread(self._read), timeout=self.settings.registry_timeout_s
@@ -79,29 +125,129 @@ class Watcher:
             self.registry_error = f"registry not reachable: {type(exc).__name__}: {exc}"[:300]
             logger.warning("%s; serving the versions already loaded", self.registry_error)
             return
-        self.registry_error = None
-        self.last_poll = time.time()
-        self._apply(states)
+        if self.stale:
+            logger.info("registry answers again: following it, no longer serving saved state")
+        self.registry_error, self.last_poll, self.stale = None, time.time(), False
+        try:
+            self._apply(states)
+            await self._save()
+        except Exception:
+            self._failed("applying a poll")
+
+    def _failed(self, where: str) -> None:
+        """Log and count a failure the loop survives."""
+        self.metrics.watcher_errors.inc()
+        logger.exception("watcher: %s failed; polling goes on", where)
+
+    def _report(self) -> None:
+        """Write the health gauges (what other workers' /metrics read in multiprocess mode)."""
+        health = self.health()
+        self.metrics.poll_age.set(health.poll_age_s)
+        self.metrics.serving_stale.set(1 if health.stale else 0)
 
     def _read(self) -> dict[str, ModelState]:
-        if self._client is None:
-            self._client = connect(check_timeout_s=self.settings.registry_timeout_s)
-        return snapshot.read(self._client)
+        return snapshot.read(self._client or self._connect())
+
+    def _connect(self) -> MlflowClient:
+        self._client = connect(check_timeout_s=self.settings.registry_timeout_s)
+        return self._client
 
     def _apply(self, states: dict[str, ModelState]) -> None:
         s = self.settings
         names = s.models or sorted(n for n, st in states.items() if s.required_alias in st.aliases)
+        if s.models is None:
+            self._retire(set(names))
         for name in names:
-            served = self.table.models.get(name) or self._add(name)
-            state = states.get(name, ModelState(name))
-            self._update_split(served, state)
+            try:
+                self._apply_model(name, states.get(name))
+            except Exception as exc:
+                self.metrics.watcher_errors.inc()
+                logger.exception("watcher: model %s not updated from the registry", name)
+                problem = f"not following the registry: {type(exc).__name__}: {exc}"[:300]
+                served = self.table.models.get(name)
+                for slot in served.slots.values() if served else ():
+                    slot.note = problem
+
+    def _apply_model(self, name: str, state: ModelState | None) -> None:
+        served = self.table.models.get(name) or self._add(name)
+        self._update_split(served, state or ModelState(name))
+        for alias, slot in served.slots.items():
+            slot.wanted = state.aliases.get(alias) if state else None
+            slot.note = _note(slot, state is not None)
+            if slot.error and slot.wanted == _version(slot.current):
+                slot.clear_failure()
+            if self._needs_load(slot):
+                self._loads[slot] = asyncio.create_task(self._follow(slot))
+
+    def _retire(self, names: set[str]) -> None:
+        """Unload, after `unload_grace_s`, the discovered models no longer in `names`."""
+        now, grace = time.monotonic(), self.settings.unload_grace_s
+        for name, served in list(self.table.models.items()):
+            if name in names:
+                self._leaving.pop(name, None)
+                continue
+            at = self._leaving.setdefault(name, now + grace)
+            if now < at:
+                gone = f"no alias '{served.required_alias}' in the registry any more"
+                for slot in served.slots.values():
+                    slot.note = f"{gone}: unloading in {at - now:.0f} s"
+                continue
+            del self.table.models[name], self._leaving[name]
             for alias, slot in served.slots.items():
-                slot.wanted = state.aliases.get(alias)
-                slot.note = _note(slot, name in states)
-                if slot.error and slot.wanted == _version(slot.current):
-                    slot.clear_failure()
+                task = self._loads.pop(slot, None)
+                if task is not None:
+                    task.cancel()
+                self._served.pop((name, alias), None)
+                if slot.current is not None:
+                    self.metrics.version_released(name, alias, slot.current.ref.version)
+            logger.info("unloaded %s: no alias '%s' for %.0f s", name, served.required_alias, grace)
+
+    def _restore(self, saved: LastKnownGood) -> None:
+        """Serve the saved state from the cache until the registry answers."""
+        s = self.settings
+        for name, model in saved.models.items():
+            if s.models is not None and name not in s.models:
+                continue
+            served = self.table.models.get(name) or self._add(name)
+            if model.split is not None:
+                served.split = model.split
+            for alias, version in model.aliases.items():
+                slot = served.slots.get(alias)
+                if slot is None or slot.wanted is not None:
+                    continue
+                self._restorable[(name, version.version)] = version
+                slot.wanted = version.version
                 if self._needs_load(slot):
                     self._loads[slot] = asyncio.create_task(self._follow(slot))
+        self.stale = True
+        logger.warning(
+            "registry not reachable at start: serving the state saved from the poll at %s",
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(saved.polled_at or 0)),
+        )
+
+    async def _save(self) -> None:
+        """Write the served state when it changed since the last write (fresh state only).
+
+        An alias whose version is not loaded yet keeps the version saved before: a process
+        killed while loading leaves the last known good state as it was.
+        """
+        if self.last_poll is None:
+            return
+        async with self._save_lock:
+            before = self._saved.models if self._saved is not None else {}
+            models = {}
+            for name, served in self.table.models.items():
+                aliases = dict(before[name].aliases) if name in before else {}
+                for alias in served.slots:
+                    if (name, alias) in self._served:
+                        aliases[alias] = self._served[(name, alias)]
+                split = served.split if served.split.source == "tag" else None
+                models[name] = SavedModel(aliases, split)
+            if models == before:
+                return
+            state = LastKnownGood(models, self.last_poll)
+            await asyncio.to_thread(self.storage.save, state)
+            self._saved = state
 
     def _add(self, name: str) -> ServedModel:
         s = self.settings
@@ -122,7 +268,8 @@ class Watcher:
             return
         try:
             served.split = traffic.parse_tag(tag)
-        except traffic.BadSplit as problem:
+        except Exception as exc:  # whatever the tag holds, alias following goes on
+            problem = exc if isinstance(exc, traffic.BadSplit) else type(exc).__name__
             served.split = _config_split(self.settings, served.name)
             served.split_problem = f"{problem}; using the configured split"
 
@@ -141,7 +288,7 @@ class Watcher:
             slot.loading = target
             logger.info("loading %s@%s version %s", slot.model, slot.alias, target)
             try:
-                loaded = await asyncio.to_thread(self._load, slot, target)
+                loaded, version = await asyncio.to_thread(self._load, slot, target)
                 check_contract(slot.current, loaded)
             except Exception as exc:
                 slot.loading = None
@@ -180,6 +327,7 @@ class Watcher:
                     slot.wanted,
                 )
             previous = slot.swapped(loaded)
+            self._served[(slot.model, slot.alias)] = version
             self._freeze_heap_once()
             self.metrics.swaps.labels(slot.model, slot.alias).inc()
             self.metrics.version_served(
@@ -195,6 +343,20 @@ class Watcher:
                 loaded.warmup_ms,
                 ", inline" if loaded.inline else ", in a thread",
             )
+            await self._settle()
+
+    async def _settle(self) -> None:
+        """After a swap: save the state, prune the cache. Failures are logged and counted."""
+        try:
+            await self._save()
+            await asyncio.to_thread(self._prune)
+        except Exception:
+            self._failed("saving state or pruning the cache")
+
+    def _prune(self) -> None:
+        """In a worker thread: drop cached versions nothing serves or loads, but the newest."""
+        in_use = [*self._served.values(), *list(self._loading)]
+        self.storage.cache.prune(in_use, self.settings.keep_versions)
 
     def _freeze_heap_once(self) -> None:
         """After the first swap, exempt what is alive (mostly code) from full collections.
@@ -208,19 +370,34 @@ class Watcher:
             gc.freeze()
             self._heap_frozen = True
 
-    def _load(self, slot: Slot, version: str) -> LoadedModel:
-        """In a worker thread: resolve, download, load and warm up one version."""
-        assert self._client is not None
+    def _load(self, slot: Slot, version: str) -> tuple[LoadedModel, VersionId]:
+        """In a worker thread: resolve, download (or find cached), load and warm up one version.
+
+        Before the registry first answers, a saved version is loaded from the cache alone.
+        """
         started = time.monotonic()
-        ref = versions.get_ready(self._client, slot.model, version)
-        pyfunc = loading.load(ref, self.cache_dir, self._client.tracking_uri)
+        saved = self._restorable.get((slot.model, version)) if self.last_poll is None else None
+        if saved is not None:
+            ref, identity = ModelRef(slot.model, version, saved.run_id), saved
+        else:
+            client = self._client or self._connect()
+            ref, identity = loading.identify(client, slot.model, version)
+        self._loading.append(identity)
+        try:
+            tracking_uri = self._client.tracking_uri if self._client else None
+            pyfunc = loading.load_cached(
+                identity, self.storage.cache, tracking_uri, offline=saved is not None
+            )
+        finally:
+            self._loading.remove(identity)
         return prepare(
             ref,
             pyfunc,
             strict=slot.model in self.settings.strict_models,
             inline_below_ms=self.settings.inline_below_ms,
+            threads=self.settings.predict_threads,
             started=started,
-        )
+        ), identity
 
 
 def _version(loaded: LoadedModel | None) -> str | None:

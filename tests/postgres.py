@@ -4,6 +4,7 @@ PostgreSQL refuses to run as root, so under root the cluster belongs to the `pos
 user and every binary runs as that user; otherwise it runs as whoever runs the tests.
 """
 
+import importlib.util
 import os
 import pwd
 import shutil
@@ -11,9 +12,13 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.servers import free_port
 
@@ -68,6 +73,26 @@ class Postgres:
 
     def _connect_args(self) -> list[str]:
         return ["--host=127.0.0.1", f"--port={self.port}", "--username=postgres"]
+
+
+@contextmanager
+def running_postgres(*databases: str) -> Iterator[Postgres]:
+    """A throwaway cluster holding empty `databases`, stopped afterwards. Fails the test (or
+    skips it, with MODELYARD_SKIP_POSTGRES=1) when the binaries or MLflow's driver are missing."""
+    bindir = find_bindir()
+    if bindir is None:
+        if os.environ.get("MODELYARD_SKIP_POSTGRES") == "1":
+            pytest.skip(INSTALL_HINT)
+        pytest.fail(INSTALL_HINT)
+    if importlib.util.find_spec("psycopg2") is None:
+        pytest.fail("MLflow's PostgreSQL driver is missing: pip install psycopg2-binary")
+    server = start_postgres(bindir)
+    try:
+        for database in databases:
+            server.create_database(database)
+        yield server
+    finally:
+        server.stop()
 
 
 def start_postgres(bindir: Path, timeout_s: float = 60) -> Postgres:

@@ -5,6 +5,7 @@ does), the Kubernetes manifests against the API schemas, and the Dockerfile's fe
 security-relevant lines.
 """
 
+import configparser
 import json
 import os
 import re
@@ -207,40 +208,80 @@ def test_compose_refuses_to_start_without_a_secret(compose: dict[str, Any], vari
         interpolate_tree(compose, env)
 
 
-def test_object_store_gives_serving_read_only_access_to_one_bucket(
-    compose: dict[str, Any], tmp_path: Path
-) -> None:
-    """Runs the seaweedfs service's own start script, with a stand-in for `weed`."""
-    service = interpolate_tree(compose["services"]["seaweedfs"], filled_env())
-    stand_in = tmp_path / "bin" / "weed"
-    stand_in.parent.mkdir()
+def _run_with_stand_in(
+    argv: list[str], env: Mapping[str, str], program: str, tmp_path: Path
+) -> list[str]:
+    """Run a service's start script with `program` replaced by a stand-in; its arguments."""
+    stand_in = tmp_path / "bin" / program
+    stand_in.parent.mkdir(exist_ok=True)
     stand_in.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$ARGS"\n')
     stand_in.chmod(0o755)
-    arguments = tmp_path / "arguments"
+    arguments = tmp_path / f"{program}.args"
     subprocess.run(
-        [*service["entrypoint"], *service["command"]],
+        argv,
         env={
-            **service["environment"],
+            **env,
             "PATH": f"{stand_in.parent}:{os.environ['PATH']}",
             "TMPDIR": str(tmp_path),
             "ARGS": str(arguments),
         },
         check=True,
+        cwd=ROOT,
     )
-    (config_option,) = [a for a in arguments.read_text().split() if a.startswith("-s3.config=")]
+    return arguments.read_text().splitlines()
+
+
+def test_object_store_knows_only_mlflows_identity_limited_to_one_bucket(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    """Runs the seaweedfs service's own start script, with a stand-in for `weed`."""
+    service = interpolate_tree(compose["services"]["seaweedfs"], filled_env())
+    env = service["environment"]
+    arguments = _run_with_stand_in(
+        [*service["entrypoint"], *service["command"]], env, "weed", tmp_path
+    )
+    (config_option,) = [a for a in arguments if a.startswith("-s3.config=")]
     config = Path(config_option.partition("=")[2])
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
     identities = {entry["name"]: entry for entry in json.loads(config.read_text())["identities"]}
-    env = service["environment"]
-    bucket = env["BUCKET"]
-    assert identities["serving"]["credentials"] == [
-        {"accessKey": env["S3_RO_ACCESS_KEY_ID"], "secretKey": env["S3_RO_SECRET_ACCESS_KEY"]}
+    assert set(identities) == {"mlflow"}, "nobody but MLflow holds S3 keys"
+    assert identities["mlflow"]["credentials"] == [
+        {"accessKey": env["S3_RW_ACCESS_KEY_ID"], "secretKey": env["S3_RW_SECRET_ACCESS_KEY"]}
     ]
-    assert sorted(identities["serving"]["actions"]) == [f"List:{bucket}", f"Read:{bucket}"]
-    assert all(action.endswith(f":{bucket}") for action in identities["mlflow"]["actions"])
-    serving_env = compose["services"]["serving"]["environment"]
-    assert serving_env["AWS_ACCESS_KEY_ID"] == "${S3_RO_ACCESS_KEY_ID}"
-    assert serving_env["AWS_SECRET_ACCESS_KEY"] == "${S3_RO_SECRET_ACCESS_KEY}"
+    assert all(action.endswith(f":{env['BUCKET']}") for action in identities["mlflow"]["actions"])
+
+
+def test_mlflow_runs_behind_basic_auth_with_read_only_default(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    """Runs the mlflow service's start script (deploy/mlflow/serve.sh) with a stand-in."""
+    service = interpolate_tree(compose["services"]["mlflow"], filled_env())
+    (mount,) = service["volumes"]
+    source, target, _ = mount.split(":")
+    entrypoint = [part.replace(target, str(ROOT / source)) for part in service["entrypoint"]]
+    env = service["environment"] | {"MLFLOW_BACKEND_STORE_URI": "postgresql://u:hex@db/mlflow"}
+    arguments = _run_with_stand_in([*entrypoint, *service["command"]], env, "mlflow", tmp_path)
+    assert arguments[:3] == ["server", "--app-name", "basic-auth"]
+    (config,) = tmp_path.glob("mlflow-auth.ini")
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    auth = configparser.ConfigParser()
+    auth.read(config)
+    assert auth["mlflow"]["default_permission"] == "READ"
+    assert auth["mlflow"]["database_uri"] == env["MLFLOW_BACKEND_STORE_URI"]
+
+
+def test_compose_serving_holds_no_keys_and_reaches_only_mlflow(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    serving = services["serving"]
+    assert not [key for key in serving["environment"] if key.startswith(("AWS_", "MLFLOW_S3"))]
+    assert serving["environment"]["MLFLOW_TRACKING_USERNAME"] == "serving"
+    assert serving["environment"]["MLFLOW_TRACKING_PASSWORD"] == "${MLFLOW_SERVING_PASSWORD}"
+    internals = {n for name in ("postgres", "seaweedfs") for n in services[name]["networks"]}
+    shared = {name for name, service in services.items() if set(service["networks"]) & internals}
+    assert set(serving["networks"]).isdisjoint(internals)
+    assert shared == {"postgres", "seaweedfs", "create-bucket", "mlflow"}
+    assert all(compose["networks"][name].get("internal") is True for name in internals)
+    assert not [name for name in shared if services[name].get("ports") and name != "mlflow"]
 
 
 def test_prometheus_scrapes_every_serving_replica(compose: dict[str, Any]) -> None:
@@ -305,7 +346,38 @@ def test_deployment_runs_unprivileged_on_a_read_only_root(deployment: dict[str, 
         for mount in container["volumeMounts"]
         if not mount.get("readOnly") and "emptyDir" in volumes[mount["name"]]
     }
-    assert writable == {"/tmp", "/var/cache/modelyard"}
+    assert writable == {"/tmp", "/var/cache/modelyard", "/var/lib/modelyard"}
+
+
+def test_deployment_keeps_state_on_a_volume_it_does_not_chmod(deployment: dict[str, Any]) -> None:
+    """The state setting names the mount itself (root-owned, group fsGroup): serving makes its
+    own 0700 directory inside and never changes the mount's mode."""
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts[env["MODELYARD_STATE_DIR"]]]
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+
+
+def test_kubernetes_serving_holds_no_s3_keys_and_talks_only_to_mlflow(
+    deployment: dict[str, Any],
+) -> None:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    secret = load_yaml(K8S_DIR / SECRET_EXAMPLE)["stringData"]
+    env = {item["name"] for item in container["env"]} | set(secret)
+    assert not [key for key in env if key.startswith(("AWS_", "MLFLOW_S3"))]
+    assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= set(secret)
+    policy = load_yaml(K8S_DIR / "networkpolicy.yaml")["spec"]
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    egress = {
+        (port["protocol"], port["port"]) for rule in policy["egress"] for port in rule["ports"]
+    }
+    assert egress == {("UDP", 53), ("TCP", 53), ("TCP", 5000)}
+    assert all("to" not in rule or rule["to"] for rule in policy["egress"])
+    ingress = [port["port"] for rule in policy["ingress"] for port in rule["ports"]]
+    assert ingress == [8000]
 
 
 def test_kubernetes_objects_refer_to_each_other(
@@ -317,11 +389,14 @@ def test_kubernetes_objects_refer_to_each_other(
     service = load_yaml(K8S_DIR / "service.yaml")
     hpa = load_yaml(K8S_DIR / "hpa.yaml")
     pdb = load_yaml(K8S_DIR / "pdb.yaml")
+    policy = load_yaml(K8S_DIR / "networkpolicy.yaml")
     secret = load_yaml(K8S_DIR / SECRET_EXAMPLE)
 
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert service["spec"]["selector"].items() <= labels.items()
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert {p["containerPort"] for p in container["ports"]} == {8000}
     assert service["spec"]["ports"][0]["targetPort"] in {p["name"] for p in container["ports"]}
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     assert container["envFrom"] == [{"secretRef": {"name": secret["metadata"]["name"]}}]

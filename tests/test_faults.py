@@ -1,5 +1,6 @@
 """Faulty models: slow ones get 504, raising ones 500 without internals; both keep serving."""
 
+import logging
 import re
 import threading
 from collections.abc import Iterator
@@ -87,3 +88,16 @@ def test_raising_model_answers_500_without_internals_and_keeps_serving(client: T
     assert client.post("/models/raising-clf/invocations", json=_body()).status_code == 200
     metrics = client.get("/metrics").text
     assert 'modelyard_requests_total{alias="production",model="raising-clf",status="500"' in metrics
+
+
+def test_model_raising_on_every_request_logs_few_tracebacks(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.ERROR, logger="serving.requests")
+    for _ in range(12):
+        response = client.post("/models/raising-clf/invocations", json=_body(RAISE_ON))
+        assert response.status_code == 500
+    failures = [r for r in caplog.records if r.getMessage().startswith("model raised")]
+    assert len(failures) == 12
+    assert len([r for r in failures if r.exc_info]) <= 5
+    assert "traceback not logged" in failures[-1].getMessage()

@@ -209,6 +209,10 @@ def test_gate_good_candidate_passes_and_takes_the_alias(
     assert "accuracy vs baseline" in result.stdout
     assert "latency p50, 1 row" in result.stdout
     assert "holdout logged with the baseline's training run" in result.stdout
+    assert "candidate trained on 0 of 143 evaluation rows" in result.stdout
+    assert "note: the holdout's sha256 is the one the baseline's training run recorded" in (
+        result.stdout
+    )
     assert client.get_model_version_by_alias(MODEL, passed_gate.alias).version == models.good
     move = history.read(client, MODEL)[1][-1]
     assert (move.alias, move.from_version, move.to_version) == (
@@ -350,7 +354,13 @@ def test_gate_without_baseline_applies_absolute_bounds_on_pinned_data(
     assert "latency p50" not in result.stdout
     document = json.loads((tmp_path / f"gate-{MODEL}-v{models.good}.json").read_text())
     assert document["baseline"] is None
-    assert [row["check"] for row in document["table"]] == ["accuracy", "f1", "roc_auc", "log_loss"]
+    assert [row["check"] for row in document["table"]] == [
+        "trained on evaluation rows",
+        "accuracy",
+        "f1",
+        "roc_auc",
+        "log_loss",
+    ]
 
 
 def test_gate_without_baseline_or_data_cannot_evaluate(

@@ -1,17 +1,25 @@
-"""Alias history: promote, rollback, --expect, moves made in the UI, racing promotes."""
+"""Alias history: promote, rollback, --expect, moves made in the UI, racing promotes, and
+a registry that refuses the history write or is overtaken mid-move (through a real proxy)."""
 
 import json
 import threading
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import requests
+from click.testing import Result
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from registry import history
 from registry.cli import app
 from registry.errors import NothingToRollBack, StaleAlias
+from tests.conftest import BUCKET, S3
+from tests.postgres import running_postgres
+from tests.servers import start_mlflow, stop
 
 NewModel = Callable[[int], str]
 
@@ -21,10 +29,7 @@ def client(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri)
 
 
-@pytest.fixture
-def new_model(client: MlflowClient) -> NewModel:
-    """A registered model of its own with `n` versions (cheap: no model is logged)."""
-
+def _model_maker(client: MlflowClient) -> NewModel:
     def make(n: int) -> str:
         name = f"history-{uuid.uuid4().hex[:8]}"
         experiment = client.get_experiment_by_name("Default")
@@ -38,6 +43,80 @@ def new_model(client: MlflowClient) -> NewModel:
     return make
 
 
+@pytest.fixture
+def new_model(client: MlflowClient) -> NewModel:
+    """A registered model of its own with `n` versions (cheap: no model is logged)."""
+    return _model_maker(client)
+
+
+@pytest.fixture(scope="module")
+def postgres_uri(s3: S3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An `mlflow server` on PostgreSQL, which enforces the 5,000-character tag column."""
+    with running_postgres("history") as postgres:
+        uri, process = start_mlflow(
+            tmp_path_factory.mktemp("mlflow-pg"), s3.endpoint, BUCKET, postgres.url("history")
+        )
+        yield uri
+        stop(process)
+
+
+class Proxy:
+    """A real HTTP hop in front of MLflow. Once an alias move has gone through it, it runs
+    `after_alias` and, with `refuse_tags_after_alias`, answers every tag write 403."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.after_alias: Callable[[], None] = lambda: None
+        self.refuse_tags_after_alias = False
+        self.alias_moved = False
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if proxy.alias_moved and proxy.refuse_tags_after_alias and "set-tag" in self.path:
+                    self.answer(403, b'{"error_code": "PERMISSION_DENIED", "message": "no"}')
+                    return
+                upstream = requests.request(
+                    self.command,
+                    proxy.upstream + self.path,
+                    data=body,
+                    headers={"Content-Type": self.headers.get("Content-Type", "")},
+                    timeout=30,
+                )
+                if self.command == "POST" and self.path.endswith("/registered-models/alias"):
+                    proxy.alias_moved = True
+                    proxy.after_alias()
+                self.answer(upstream.status_code, upstream.content)
+
+            def answer(self, status: int, content: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        for verb in ("GET", "POST", "PATCH", "DELETE"):
+            setattr(Handler, f"do_{verb}", Handler.forward)
+        return Handler
+
+
+@pytest.fixture
+def proxy(tracking_uri: str) -> Iterator[Proxy]:
+    served = Proxy(tracking_uri)
+    yield served
+    served.server.shutdown()
+    served.server.server_close()
+
+
 def _alias(client: MlflowClient, name: str, alias: str) -> str:
     return str(client.get_model_version_by_alias(name, alias).version)
 
@@ -46,8 +125,9 @@ def _moves(client: MlflowClient, name: str) -> list[history.Move]:
     return history.read(client, name)[1]
 
 
-def _cli(*argv: str, actor: str = "ci-bot") -> object:
-    return CliRunner(env={"MODELYARD_ACTOR": actor}).invoke(app, list(argv))
+def _cli(*argv: str, actor: str = "ci-bot", uri: str | None = None) -> Result:
+    env = {"MODELYARD_ACTOR": actor} | ({"MLFLOW_TRACKING_URI": uri} if uri else {})
+    return CliRunner(env=env).invoke(app, list(argv))
 
 
 def test_history_promote_records_who_when_from_to_why(client: MlflowClient, new_model: NewModel):
@@ -241,3 +321,124 @@ def test_history_promote_bad_options_exit_2(argv: list[str], words: str):
     result = CliRunner().invoke(app, argv)
     assert result.exit_code == 2
     assert words in result.output
+
+
+def test_history_long_non_ascii_reason_fits_postgres_tag_limit(postgres_uri: str):
+    client = MlflowClient(postgres_uri)
+    name = _model_maker(client)(2)
+    reason = "é" * 900
+    result = _cli(
+        "promote",
+        name,
+        "--alias",
+        "production",
+        "--version",
+        "1",
+        "--reason",
+        reason,
+        uri=postgres_uri,
+    )
+    assert result.exit_code == 0, result.output
+    long = _cli(
+        "promote",
+        name,
+        "--alias",
+        "production",
+        "--version",
+        "2",
+        "--reason",
+        'ü"' * 4000,
+        uri=postgres_uri,
+    )
+    assert long.exit_code == 0, long.output
+    assert _alias(client, name, "production") == "2"
+    first, second = _moves(client, name)
+    assert (first.reason, first.state) == (reason, "applied")
+    assert second.reason.endswith(history.CUT_MARKER)
+    assert second.reason.startswith('ü"' * 1000)
+
+
+@pytest.mark.parametrize("text", ["é", '"', "\x00", "😀", "\udcff", "a"])
+def test_history_event_fits_one_tag_for_any_text(text: str):
+    move = history.new_move("p", "1", "2", actor=text * 9000, reason=text * 9000, kind="promote")
+    encoded = move.encode()
+    assert len(encoded) <= 5000  # the column of registered-model tag values
+    encoded.encode("utf-8")  # what goes over the wire
+    assert move.reason.endswith(history.CUT_MARKER)
+    assert len(encoded) > 4990, "cut by its encoded length, not for a worst case"
+    assert json.loads(encoded)["reason"] == move.reason
+
+
+def test_history_tag_write_refused_after_the_move_leaves_an_unconfirmed_event(
+    client: MlflowClient, new_model: NewModel, proxy: Proxy
+):
+    name = new_model(3)
+    history.promote(client, name, "production", "1")
+    proxy.refuse_tags_after_alias = True
+    result = _cli(
+        "promote", name, "--alias", "production", "--version", "2", "--reason", "x", uri=proxy.url
+    )
+    assert result.exit_code == 2
+    assert "could not be confirmed" in result.stderr
+    assert _alias(client, name, "production") == "2"
+    last = _moves(client, name)[-1]
+    assert (last.from_version, last.to_version, last.state) == ("1", "2", "pending")
+    shown = _cli("history", name)
+    assert "promote (unconfirmed)" in shown.stdout
+    assert "moved outside modelyard" not in shown.stdout
+    history.promote(client, name, "production", "3")  # settles the unconfirmed event
+    moves = _moves(client, name)
+    assert [(m.to_version, m.kind, m.state) for m in moves] == [
+        ("1", "promote", "applied"),
+        ("2", "promote", "applied"),
+        ("3", "promote", "applied"),
+    ]
+
+
+def test_history_refused_first_write_moves_nothing(
+    client: MlflowClient, new_model: NewModel, proxy: Proxy
+):
+    name = new_model(2)
+    history.promote(client, name, "production", "1")
+    proxy.refuse_tags_after_alias = True
+    proxy.alias_moved = True  # refuse every tag write from the start
+    result = _cli("promote", name, "--alias", "production", "--version", "2", uri=proxy.url)
+    assert result.exit_code == 2
+    assert _alias(client, name, "production") == "1"
+    assert [m.to_version for m in _moves(client, name)] == ["1"]
+
+
+def test_history_expect_reads_the_alias_back(
+    client: MlflowClient, new_model: NewModel, proxy: Proxy
+):
+    name = new_model(3)
+    history.promote(client, name, "production", "1")
+    proxy.after_alias = lambda: client.set_registered_model_alias(name, "production", "3")
+    result = _cli(
+        "promote", name, "--alias", "production", "--version", "2", "--expect", "1", uri=proxy.url
+    )
+    assert result.exit_code == 1
+    assert "alias moved by someone else to v3" in result.stderr
+    assert _moves(client, name)[-1].state == "applied"
+
+
+def test_history_orders_events_by_what_each_writer_saw(client: MlflowClient, new_model: NewModel):
+    """A writer whose clock runs an hour ahead must not push later events before its own."""
+    name = new_model(2)
+    ahead = history.new_move(
+        "production",
+        None,
+        "1",
+        actor="fast-clock",
+        reason="",
+        kind="promote",
+        seq=1,
+        state="applied",
+        now_ms=time.time_ns() // 1_000_000 + 3_600_000,
+    )
+    client.set_registered_model_alias(name, "production", "1")
+    client.set_registered_model_tag(name, ahead.key, ahead.encode())
+    history.promote(client, name, "production", "2", who="bob")
+    moves = _moves(client, name)
+    assert [(m.actor, m.to_version) for m in moves] == [("fast-clock", "1"), ("bob", "2")]
+    assert "moved outside modelyard" not in _cli("history", name).stdout

@@ -2,19 +2,24 @@
 
 TestClient never opens one, so these tests start the command in a child process and talk to
 it with raw sockets and http.client: TCP_NODELAY on accepted connections (single- and
-multi-worker, with and without uvloop), keep-alive across answers and errors, and a body over
-the limit refused with 413 before it is sent.
+multi-worker, with and without uvloop), keep-alive across answers and errors, a body over
+the limit refused with 413 before it is sent, and headers built from client input (column
+names, request ids) that stay valid HTTP.
 """
 
 import http.client
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
+from urllib.parse import unquote
 
 import pytest
 
 from registry.client import connect
+from serving.settings import ServingSettings
+from tests.conftest import wait_until
 from tests.sockets import (
     Served,
     SocketUnreachable,
@@ -125,6 +130,107 @@ def test_body_at_the_limit_is_read(served: Served):
         )
         response = connection.getresponse()
         assert response.status == 200, response.read()
+    finally:
+        connection.close()
+
+
+# -- headers built from client input ---------------------------------------------------------
+
+
+def _post(
+    connection: http.client.HTTPConnection, body: bytes, headers: dict[str, str] | None = None
+) -> http.client.HTTPResponse:
+    connection.request(
+        "POST",
+        f"/models/{MODEL}/invocations",
+        body=body,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+    response = connection.getresponse()
+    response.read()
+    return response
+
+
+def _body_with_columns(extra: list[str]) -> bytes:
+    frame = load_split("breast-cancer").x_holdout.head(2)
+    columns = [*frame.columns, *extra]
+    rows = [[*row, *[0.0] * len(extra)] for row in frame.values.tolist()]
+    return json.dumps({"dataframe_split": {"columns": columns, "data": rows}}).encode()
+
+
+def test_ignored_column_names_are_percent_encoded_in_their_header(served: Served):
+    names = ["a\nb", "温度", "x,y", "r\r\nSet-Cookie: s=1", "plain_name-1.0~"]
+    connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+    try:
+        response = _post(connection, _body_with_columns(names))
+        assert response.status == 200
+        header = response.getheader("X-Ignored-Columns")
+        assert header is not None
+        assert sorted(header.split(",")) == [
+            "%E6%B8%A9%E5%BA%A6",
+            "a%0Ab",
+            "plain_name-1.0~",
+            "r%0D%0ASet-Cookie%3A%20s%3D1",
+            "x%2Cy",
+        ]
+        assert sorted(unquote(part) for part in header.split(",")) == sorted(names)
+        assert response.getheader("Set-Cookie") is None
+        assert not response.will_close
+        assert _post(connection, _predict_body()).status == 200  # on the same connection
+    finally:
+        connection.close()
+
+
+def test_ignored_columns_header_is_capped_at_whole_names(served: Served):
+    names = [f"extra_column_{number:03d}_{'x' * 20}" for number in range(100)]
+    connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+    try:
+        response = _post(connection, _body_with_columns(names))
+        assert response.status == 200
+        header = response.getheader("X-Ignored-Columns")
+        assert header is not None
+        assert 950 < len(header) <= 1000
+        *kept, marker = header.split(",")
+        assert marker == "*"
+        assert kept == names[: len(kept)]
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("request_id", ["x" * 129, "a b", "id\u00e9", "x" * 10_000, "x" * 100_000])
+def test_an_unacceptable_request_id_is_replaced(served: Served, request_id: str):
+    connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+    try:
+        connection.putrequest("POST", f"/models/{MODEL}/invocations")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("X-Request-ID", request_id.encode())
+        body = _predict_body()
+        connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body)
+        response = connection.getresponse()
+        response.read()
+        echoed = response.getheader("X-Request-ID")
+        assert echoed != request_id
+        if response.status == 431:  # over the process's header limit: refused before routing
+            assert len(request_id) > ServingSettings().max_header_bytes
+            return
+        assert response.status == 200
+        assert echoed is not None
+        assert re.fullmatch("[0-9a-f]{32}", echoed)
+        assert not response.will_close
+        wait_until(lambda: echoed in served.child.log.read_text(), 10, "the request's log line")
+        assert request_id not in served.child.log.read_text()
+    finally:
+        connection.close()
+
+
+def test_an_acceptable_request_id_is_kept(served: Served):
+    connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+    try:
+        request_id = "Client-7." + "a" * 119
+        response = _post(connection, _predict_body(), {"X-Request-ID": request_id})
+        assert response.status == 200
+        assert response.getheader("X-Request-ID") == request_id
     finally:
         connection.close()
 

@@ -1,11 +1,12 @@
 """The production-like stack without Docker: the commands docker-compose's containers run.
 
 PostgreSQL as MLflow's backend store, SeaweedFS as its artifact store, one `mlflow server`
-and two serving replicas following the registry. The replicas must follow an alias move and
-agree on where a routing key goes, since every replica reads the same registry.
+behind its basic-auth app (deploy/mlflow/serve.sh, users from deploy/mlflow/users.py) and two
+serving replicas signed in as the read-only user `serving`, with no S3 keys. The replicas
+must follow an alias move and agree on where a routing key goes, since every replica reads
+the same registry, and their identity must not be able to change a model.
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -20,16 +21,20 @@ from typing import Any
 import boto3
 import pytest
 import requests
+from botocore import UNSIGNED
+from botocore.config import Config
+from botocore.exceptions import ClientError
 from mlflow.tracking import MlflowClient
 
+from modelyard.processes import MLFLOW_SERVER_DEFAULTS
 from registry.client import connect
 from tests.conftest import wait_until
-from tests.postgres import INSTALL_HINT, Postgres, find_bindir, start_postgres
+from tests.postgres import Postgres, running_postgres
 from tests.servers import (
     S3_ENV,
+    WEBHOOK_KEY,
     free_port,
     restoring_tracking_uri,
-    start_mlflow,
     stop,
     wait_http,
 )
@@ -39,24 +44,16 @@ from training.run import TrainSpec, train
 MODEL = "pg-clf"
 BUCKET = "modelyard-pg"
 TAG = "modelyard.traffic"
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "mlflow"
+ADMIN = ("admin", "admin-password-for-tests")
+SERVING = ("serving", "serving-password-for-tests")
 
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[Postgres]:
-    """A throwaway PostgreSQL 15 cluster with an empty `mlflow` database."""
-    bindir = find_bindir()
-    if bindir is None:
-        if os.environ.get("MODELYARD_SKIP_POSTGRES") == "1":
-            pytest.skip(INSTALL_HINT)
-        pytest.fail(INSTALL_HINT)
-    if importlib.util.find_spec("psycopg2") is None:
-        pytest.fail("MLflow's PostgreSQL driver is missing: pip install psycopg2-binary")
-    server = start_postgres(bindir)
-    try:
-        server.create_database("mlflow")
+    """A throwaway PostgreSQL cluster with an empty `mlflow` database."""
+    with running_postgres("mlflow") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -116,12 +113,52 @@ def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def registry_uri(
     postgres: Postgres, object_store: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    """`mlflow server` on PostgreSQL, artifacts proxied to SeaweedFS; pg-clf v1 @production, v2."""
-    uri, process = start_mlflow(
-        tmp_path_factory.mktemp("mlflow"), object_store, BUCKET, postgres.url("mlflow")
+    """MLflow as compose runs it: deploy/mlflow/serve.sh (basic auth) on PostgreSQL, artifacts
+    proxied to SeaweedFS, then deploy/mlflow/users.py; pg-clf v1 @production, v2. This process
+    signs in as MLflow's admin while the module runs."""
+    home = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    env = (
+        MLFLOW_SERVER_DEFAULTS
+        | dict(os.environ)
+        | S3_ENV
+        | {
+            "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+            "TMPDIR": str(home),
+            "MLFLOW_S3_ENDPOINT_URL": object_store,
+            "MLFLOW_BACKEND_STORE_URI": postgres.url("mlflow"),
+            "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": "csrf-key-for-tests",
+            "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": WEBHOOK_KEY,
+        }
     )
+    argv = [
+        "sh",
+        str(DEPLOY / "serve.sh"),
+        "--host=127.0.0.1",
+        f"--port={port}",
+        "--workers=1",
+        f"--artifacts-destination=s3://{BUCKET}/artifacts",
+    ]
+    process = _spawn(argv, home / "mlflow.log", env)
     try:
-        with restoring_tracking_uri():
+        try:
+            wait_http(f"{uri}/health", process, timeout_s=180)
+        except (RuntimeError, TimeoutError) as problem:
+            raise AssertionError(f"{problem}\n{_tail(home / 'mlflow.log')}") from None
+        admin = {"MLFLOW_TRACKING_USERNAME": ADMIN[0], "MLFLOW_TRACKING_PASSWORD": ADMIN[1]}
+        users = os.environ | admin | {"MLFLOW_TRACKING_URI": uri}
+        for _ in range(2):  # the second run finds the user and sets its password again
+            subprocess.run(
+                [sys.executable, str(DEPLOY / "users.py")],
+                env=users | {"MLFLOW_SERVING_PASSWORD": SERVING[1]},
+                check=True,
+                timeout=60,
+            )
+        with pytest.MonkeyPatch.context() as patch, restoring_tracking_uri():
+            for key, value in admin.items():
+                patch.setenv(key, value)
             train(TrainSpec("sklearn", model_name=MODEL, alias="production"), connect(uri))
             train(TrainSpec("torch", model_name=MODEL, epochs=50), connect(uri))
             yield uri
@@ -142,11 +179,14 @@ class Replica:
 def replicas(
     registry_uri: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[Replica]]:
-    """Two `python -m serving` processes serving pg-clf, both ready."""
+    """Two `python -m serving` processes serving pg-clf as MLflow user `serving`, both ready."""
     home = tmp_path_factory.mktemp("serving")
     # Artifacts come through MLflow's proxy: the replicas get no S3 keys.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_S3_"))} | {
+    inherited = ("AWS_", "MLFLOW_S3_", "MLFLOW_TRACKING_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(inherited)} | {
         "MLFLOW_TRACKING_URI": registry_uri,
+        "MLFLOW_TRACKING_USERNAME": SERVING[0],
+        "MLFLOW_TRACKING_PASSWORD": SERVING[1],
         "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "MODELYARD_MODELS": MODEL,
@@ -194,6 +234,42 @@ def test_replicas_serve_production(replicas: list[Replica]):
         assert answer.headers["X-Model-Version"] == "1"
 
 
+def test_serving_identity_cannot_change_a_model(
+    replicas: list[Replica], registry_uri: str, object_store: str
+):
+    """MLflow refuses serving's user an artifact upload and an alias move (and anyone without
+    a user everything); serving holds no S3 keys, and the object store refuses a write
+    without MLflow's. The replicas still serve (above), downloading as that user."""
+    client = MlflowClient(registry_uri)
+    location = client.get_model_version_download_uri(MODEL, "1")
+    assert location.startswith("mlflow-artifacts:"), location
+    path = f"{location.removeprefix('mlflow-artifacts:').strip('/')}/MLmodel"
+    artifact = f"{registry_uri}/api/2.0/mlflow-artifacts/artifacts/{path}"
+    original = requests.get(artifact, auth=ADMIN, timeout=30)
+    assert original.status_code == 200
+    assert requests.get(artifact, auth=SERVING, timeout=30).content == original.content
+
+    assert requests.put(artifact, data=b"evil", auth=SERVING, timeout=30).status_code == 403
+    assert requests.put(artifact, data=b"evil", timeout=30).status_code == 401
+    move = {"name": MODEL, "alias": "production", "version": "2"}
+    alias_api = f"{registry_uri}/api/2.0/mlflow/registered-models/alias"
+    assert requests.post(alias_api, json=move, auth=SERVING, timeout=30).status_code == 403
+
+    for replica in replicas:
+        environ = Path(f"/proc/{replica.process.pid}/environ").read_bytes().split(b"\0")
+        assert not [v for v in environ if v.startswith((b"AWS_", b"MLFLOW_S3_"))]
+    anonymous = boto3.client(
+        "s3",
+        endpoint_url=object_store,
+        config=Config(signature_version=UNSIGNED),
+        region_name=S3_ENV["AWS_DEFAULT_REGION"],
+    )
+    with pytest.raises(ClientError, match="AccessDenied"):
+        anonymous.put_object(Bucket=BUCKET, Key=f"artifacts/{path}", Body=b"evil")
+    assert requests.get(artifact, auth=ADMIN, timeout=30).content == original.content
+    assert client.get_model_version_by_alias(MODEL, "production").version == "1"
+
+
 def test_replicas_follow_alias_move(replicas: list[Replica], registry_uri: str):
     MlflowClient(registry_uri).set_registered_model_alias(MODEL, "production", "2")
     for replica in replicas:
@@ -236,7 +312,7 @@ def _follows_split(replica: Replica) -> bool:
     served = requests.get(f"{replica.url}/models", timeout=10).json()["models"][MODEL]
     return bool(
         served["traffic"]["source"] == "tag"
-        and served["traffic"]["salt"] == "pg"
+        and served["traffic"]["weights"] == {"production": 50, "staging": 50}
         and served["aliases"].get("staging", {}).get("state") == "ready"
     )
 

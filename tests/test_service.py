@@ -1,5 +1,6 @@
 """Service.invoke returns an Outcome for every request, errors included; nothing is raised."""
 
+import asyncio
 import functools
 import json
 
@@ -8,8 +9,10 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from serving import protocol
 from serving.errors import UnknownModel
 from serving.service import Outcome, Service
+from serving.settings import ServingSettings
 from tests.conftest import DemoRegistry
 from training.datasets import load_split
 
@@ -81,3 +84,51 @@ def test_default_model_is_the_first_served(serving: TestClient, frame: pd.DataFr
     assert outcome.status == 200
     assert outcome.ref is not None
     assert outcome.ref.name == MODEL
+
+
+def _before_the_first_poll(settings: ServingSettings, name: str | None) -> Outcome:
+    """`Service.invoke` on a service that has not read the registry yet."""
+    body = json.dumps({"dataframe_split": {"columns": ["a"], "data": [[1.0]]}}).encode()
+    return asyncio.run(Service(settings).invoke(name, None, body, "application/json"))
+
+
+def test_nothing_served_yet_is_503_with_retry_after():
+    outcome = _before_the_first_poll(ServingSettings(), None)
+    assert outcome.status == 503
+    assert outcome.error is not None
+    assert outcome.error.headers == {"Retry-After": "1"}
+    assert "no model is served yet" in str(outcome.error)
+
+
+def test_a_configured_model_not_read_yet_is_503_not_404():
+    settings = ServingSettings(models=["iris"])
+    for name in (None, "iris"):
+        outcome = _before_the_first_poll(settings, name)
+        assert outcome.status == 503
+        assert outcome.error is not None
+        assert outcome.error.headers == {"Retry-After": "1"}
+    assert _before_the_first_poll(settings, "wine").status == 404
+
+
+def test_large_bodies_are_decoded_off_the_event_loop(
+    serving: TestClient, frame: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+):
+    on_the_loop: list[bool] = []
+    decode = protocol.decode
+
+    def watched(*args: object, **kwargs: object) -> protocol.Decoded:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            on_the_loop.append(False)
+        else:
+            on_the_loop.append(True)
+        return decode(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(protocol, "decode", watched)
+    large = pd.concat([frame] * 1000)
+    service: Service = serving.app.state.service  # type: ignore[attr-defined]
+    assert len(json.dumps(_split(large))) > service.settings.decode_in_thread_bytes
+    assert _invoke(serving, MODEL, "production", _split(large)).status == 200
+    assert _invoke(serving, MODEL, "production", _split(frame)).status == 200
+    assert on_the_loop == [False, True]

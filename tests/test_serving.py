@@ -253,14 +253,15 @@ def test_readiness_is_503_until_loaded(demo_registry: DemoRegistry):
         assert any("no-such-model" in r for r in still.json()["reasons"])
 
 
-def test_default_model_before_any_is_served_answers_with_a_request_id():
+def test_default_model_before_any_is_served_is_unavailable_for_now():
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri("http://127.0.0.1:9")  # no registry: nothing is ever served
     try:
         settings = ServingSettings(registry_timeout_s=1)
         with TestClient(create_app(settings)) as client:
             response = client.post("/invocations", json={"inputs": []})
-            assert response.status_code == 500
+            assert response.status_code == 503
+            assert response.headers["Retry-After"]
             assert "no model is served yet" in response.json()["message"]
             assert response.headers["X-Request-ID"]
     finally:

@@ -55,6 +55,8 @@ def test_describe_is_the_models_document():
     assert document == {
         "registry_error": None,
         "last_poll": 1700000000.0,
+        "poll_age_s": None,
+        "stale": False,
         "models": {
             "iris": {
                 "ready": False,

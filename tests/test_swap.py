@@ -2,6 +2,7 @@
 
 import gc
 import json
+import logging
 import threading
 import time
 import weakref
@@ -27,6 +28,7 @@ from training.run import TrainSpec, train
 
 MODEL = "swap-clf"
 SECRET = "webhook-secret-for-tests"
+ADMIN = {"Authorization": "Bearer admin-token-for-tests"}
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ def client(versions: Versions) -> Iterator[TestClient]:
         poll_interval_s=0.3,
         retry_interval_s=0.5,
         webhook_secret=SECRET,  # type: ignore[arg-type]
+        admin_token=ADMIN["Authorization"].removeprefix("Bearer "),  # type: ignore[arg-type]
     )
     with TestClient(create_app(settings)) as test_client:
         wait_until(
@@ -202,6 +205,47 @@ def test_bad_traffic_tag_keeps_the_configured_split(client: TestClient, registry
         assert "not valid JSON" in split["problem"]
     finally:
         registry.delete_registered_model_tag(MODEL, TAG)
+
+
+def test_tag_that_breaks_the_json_parser_never_stops_alias_following(
+    client: TestClient, registry: MlflowClient, versions: Versions
+):
+    registry.set_registered_model_tag(MODEL, TAG, "[" * 3000)  # RecursionError in json.loads
+    try:
+        refreshed = client.post("/admin/refresh", headers=ADMIN)
+        assert refreshed.status_code == 200
+        assert client.get("/models").json()["models"][MODEL]["traffic"]["problem"]
+        _move(registry, "production", versions.fault_ok)
+        wait_until(lambda: _served(client, "production") == versions.fault_ok.version)
+        before = client.get("/models").json()["last_poll"]
+        wait_until(lambda: client.get("/models").json()["last_poll"] > before, what="a poll")
+    finally:
+        registry.delete_registered_model_tag(MODEL, TAG)
+        _move(registry, "production", versions.sklearn)
+    wait_until(lambda: _served(client, "production") == versions.sklearn.version)
+
+
+def test_model_that_loses_its_alias_is_unloaded_after_the_grace_period(
+    registry: MlflowClient, versions: Versions, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.INFO, logger="serving.watcher")
+    alias = "unload-test"
+    settings = ServingSettings(
+        aliases=[alias], required_alias=alias, poll_interval_s=0.3, unload_grace_s=1.5
+    )
+    registry.set_registered_model_alias(MODEL, alias, versions.fault_ok.version)
+    with TestClient(create_app(settings)) as test_client:
+        wait_until(lambda: test_client.get("/health/ready").status_code == 200, what="ready")
+        registry.delete_registered_model_alias(MODEL, alias)
+        wait_until(
+            lambda: "unloading in" in str(_slot(test_client, alias).get("note")),
+            what="the grace period reported",
+        )
+        assert _served(test_client, alias) == versions.fault_ok.version
+        wait_until(lambda: MODEL not in test_client.get("/models").json()["models"])
+        assert any("unloaded" in r.getMessage() for r in caplog.records)
+        response = test_client.post(f"/models/{MODEL}/invocations", json={})
+        assert response.status_code == 404
 
 
 def test_deleted_alias_keeps_serving_its_last_version(

@@ -92,3 +92,66 @@ def test_choose_without_key_is_weighted_random():
 def test_parse_tag_rejects_bad_values(value: str, problem: str):
     with pytest.raises(BadSplit, match=problem):
         parse_tag(value)
+
+
+def test_parse_tag_refuses_weights_whose_sum_is_infinite():
+    with pytest.raises(BadSplit, match="finite sum"):
+        parse_tag('{"production": 1e308, "staging": 1e308}')
+
+
+def test_choose_never_fails_on_a_split_the_tag_parser_accepts():
+    rng = random.Random(11)
+    for value in ('{"production": 1.7e308}', '{"production": 5e-324, "staging": 0}'):
+        split = parse_tag(value)
+        assert choose(split, None, ALL, "production", rng).alias == "production"
+        assert choose(split, "user-1", ALL, "production").alias == "production"
+
+
+def _hostile_tags(rng: random.Random) -> list[str]:
+    """Deep nesting, huge and special numbers, other JSON types, and random mutations."""
+    valid = json.dumps({"production": 90, "staging": 10, "salt": "exp-1"})
+    tags = [
+        "[" * 3000,
+        '{"a":' * 3000,
+        "[" * 100_000 + "]" * 100_000,
+        '{"production": ' + "9" * 5000 + "}",
+        '{"production": ' + "9" * 400 + "}",
+        '{"production": 1e999}',
+        '{"production": NaN}',
+        '{"production": -Infinity, "staging": Infinity}',
+        '{"production": 1e308, "staging": 1e308, "canary": 1e308}',
+        "NaN",
+        "null",
+        '"production"',
+        "90",
+        "",
+        "\ud800",
+        '{"production": 1, "salt": {"a": []}}',
+        '{"production": [90]}',
+    ]
+    alphabet = '{}[]":,0123456789.eE+-NaInfity \\u"salt' + "\x00\u2028"
+    for _ in range(3000):
+        chars = list(valid)
+        for _ in range(rng.randint(1, 6)):
+            position = rng.randrange(len(chars) + 1)
+            if rng.random() < 0.5 and position < len(chars):
+                del chars[position]
+            else:
+                chars.insert(position, rng.choice(alphabet))
+        tags.append("".join(chars))
+    tags += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(2000)]
+    return tags
+
+
+def test_parse_tag_raises_nothing_but_badsplit_for_any_string():
+    for value in _hostile_tags(random.Random(5)):
+        try:
+            split = parse_tag(value)
+        except BadSplit:
+            continue
+        total = sum(split.weights.values())
+        assert math.isfinite(total), value
+        assert total > 0, value
+        aliases = list(split.weights)
+        assert choose(split, None, aliases, "production").alias in aliases
+        assert choose(split, "user-1", aliases, "production").alias in aliases

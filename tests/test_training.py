@@ -1,6 +1,8 @@
 """Training: real versions in a real registry, artifacts really in S3, one output contract."""
 
+import hashlib
 import io
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -13,7 +15,14 @@ from typer.testing import CliRunner
 
 from modelyard.cli import app
 from registry.client import connect
-from registry.contract import HOLDOUT_ARTIFACT, HOLDOUT_TARGET
+from registry.contract import (
+    HOLDOUT_ARTIFACT,
+    HOLDOUT_SHA256_PARAM,
+    HOLDOUT_TARGET,
+    TRAINING_ROWS_ARTIFACT,
+    read_training_rows,
+    row_hashes,
+)
 from tests.conftest import BUCKET, S3, DemoRegistry
 from training import models
 from training.datasets import load_split
@@ -54,6 +63,24 @@ def test_training_logs_holdout_with_target_in_s3(demo_registry: DemoRegistry, s3
     split = load_split("breast-cancer")
     assert len(holdout) == len(split.x_holdout)
     assert list(holdout.columns) == [*split.features, HOLDOUT_TARGET]
+
+
+def test_training_pins_its_exam(demo_registry: DemoRegistry, s3: S3, tmp_path: Path):
+    """The run records the holdout's sha256 as a param (params cannot change later) and a
+    digest of every row it trained on, none of them a holdout row."""
+    run_id = demo_registry.classifier_sklearn.run_id
+    assert run_id is not None
+    params = MlflowClient(demo_registry.tracking_uri).get_run(run_id).data.params
+    (holdout_key,) = _s3_keys(s3, f"{run_id}/artifacts/{HOLDOUT_ARTIFACT}")
+    assert params[HOLDOUT_SHA256_PARAM] == hashlib.sha256(_read_s3(s3, holdout_key)).hexdigest()
+    (rows_key,) = _s3_keys(s3, f"{run_id}/artifacts/{TRAINING_ROWS_ARTIFACT}")
+    path = tmp_path / "rows.parquet"
+    path.write_bytes(_read_s3(s3, rows_key))
+    columns, trained = read_training_rows(path, max_rows=10_000)
+    split = load_split("breast-cancer")
+    assert columns == sorted(split.features)
+    assert set(trained) == set(row_hashes(split.x_train, split.features))
+    assert not set(trained) & set(row_hashes(split.x_holdout, split.features))
 
 
 def test_training_goes_through_its_client_only(tracking_uri: str):

@@ -1,5 +1,10 @@
-"""One training run: fit, log to MLflow (params, metrics, holdout, model), register, alias."""
+"""One training run: fit, log to MLflow (params, metrics, holdout, model), register, alias.
 
+The run pins its exam: the holdout's sha256 as a param, and a digest of every training row as
+an artifact, so a gate can tell a changed holdout and a candidate trained on its rows.
+"""
+
+import hashlib
 import logging
 import tempfile
 from dataclasses import asdict, dataclass
@@ -56,48 +61,67 @@ def train(spec: TrainSpec, client: Client) -> ModelRef:
     if spec.shuffle_labels:
         split = models.shuffled(split, spec.seed)
     params = {k: str(v) for k, v in asdict(spec).items() if v is not None}
-    run_id = runs.start(client, spec.experiment, None, params=params).run_id
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            workdir = Path(tmp)
-            logger.info("training %s on %s (seed %d)", spec.framework, spec.dataset, spec.seed)
-            artifacts, config = _fit(spec, split, workdir)
-            holdout = workdir / Path(contract.HOLDOUT_ARTIFACT).name
-            split.holdout_frame().to_parquet(holdout)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        holdout, training_rows = _write_exam(split, workdir)
+        params[contract.HOLDOUT_SHA256_PARAM] = hashlib.sha256(holdout.read_bytes()).hexdigest()
+        run_id = runs.start(client, spec.experiment, None, params=params).run_id
+        try:
             runs.attach(client, run_id, [holdout], str(Path(contract.HOLDOUT_ARTIFACT).parent))
-            holdout_metrics = _evaluate(split, artifacts, config)
-            runs.log_metrics(
-                client, run_id, {f"holdout_{k}": v for k, v in holdout_metrics.items()}
+            runs.attach(
+                client, run_id, [training_rows], str(Path(contract.TRAINING_ROWS_ARTIFACT).parent)
             )
-            logger.info("holdout metrics: %s", _fmt(holdout_metrics))
-            logger.info("logging the model to MLflow (takes a few seconds)")
-
-            def save(path: Path, metadata: Model) -> None:
-                mlflow.pyfunc.save_model(
-                    path,
-                    python_model=str(resources.files("training.pyfunc") / "contract_model.py"),
-                    artifacts={k: str(v) for k, v in artifacts.items()},
-                    model_config=config,
-                    signature=ModelSignature(
-                        inputs=Schema([ColSpec("double", f) for f in split.features]),
-                        outputs=contract.output_schema(split.task),
-                    ),
-                    input_example=split.x_train.head(3),
-                    pip_requirements=_requirements(spec.framework),
-                    mlflow_model=metadata,
-                )
-
-            model_id = runs.log_model(client, run_id, save)
-        ref = versions.register(
-            client, f"models:/{model_id}", spec.registered_name, run_id=run_id, model_id=model_id
-        )
-    except BaseException:
-        runs.finish(client, run_id, succeeded=False)
-        raise
+            model_id = _fit_and_log(spec, split, client, run_id, workdir)
+            ref = versions.register(
+                client,
+                f"models:/{model_id}",
+                spec.registered_name,
+                run_id=run_id,
+                model_id=model_id,
+            )
+        except BaseException:
+            runs.finish(client, run_id, succeeded=False)
+            raise
     runs.finish(client, run_id, succeeded=True)
     if spec.alias:
         ref = versions.set_alias(client, ref, spec.alias)
     return ref
+
+
+def _write_exam(split: Split, workdir: Path) -> tuple[Path, Path]:
+    """The holdout (features and target) and the digests of the training rows, as files."""
+    holdout = workdir / Path(contract.HOLDOUT_ARTIFACT).name
+    split.holdout_frame().to_parquet(holdout)
+    training_rows = workdir / Path(contract.TRAINING_ROWS_ARTIFACT).name
+    contract.write_training_rows(training_rows, split.x_train)
+    return holdout, training_rows
+
+
+def _fit_and_log(spec: TrainSpec, split: Split, client: Client, run_id: str, workdir: Path) -> str:
+    """Fit, log the holdout metrics and the model; the logged model's id."""
+    logger.info("training %s on %s (seed %d)", spec.framework, spec.dataset, spec.seed)
+    artifacts, config = _fit(spec, split, workdir)
+    holdout_metrics = _evaluate(split, artifacts, config)
+    runs.log_metrics(client, run_id, {f"holdout_{k}": v for k, v in holdout_metrics.items()})
+    logger.info("holdout metrics: %s", _fmt(holdout_metrics))
+    logger.info("logging the model to MLflow (takes a few seconds)")
+
+    def save(path: Path, metadata: Model) -> None:
+        mlflow.pyfunc.save_model(
+            path,
+            python_model=str(resources.files("training.pyfunc") / "contract_model.py"),
+            artifacts={k: str(v) for k, v in artifacts.items()},
+            model_config=config,
+            signature=ModelSignature(
+                inputs=Schema([ColSpec("double", f) for f in split.features]),
+                outputs=contract.output_schema(split.task),
+            ),
+            input_example=split.x_train.head(3),
+            pip_requirements=_requirements(spec.framework),
+            mlflow_model=metadata,
+        )
+
+    return runs.log_model(client, run_id, save)
 
 
 def _fit(spec: TrainSpec, split: Split, workdir: Path) -> tuple[dict[str, Path], dict[str, Any]]:

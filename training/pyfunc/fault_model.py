@@ -3,7 +3,8 @@
 It answers in the classification contract (`label`, `probability`) from its first input
 column, and its `model_config` switches inject faults: `load_delay_s`, `fail_load`,
 `fail_predict` (so warm-up fails), `predict_delay_s`, `raise_on` (raise when the first
-column holds this value), `flip_fraction` (disagree with itself on that share of rows).
+column holds this value), `hang_on` with `hang_s` (sleep that long when the first column
+holds this value), `flip_fraction` (disagree with itself on that share of rows).
 """
 
 import time
@@ -36,6 +37,8 @@ class FaultModel(PythonModel):
             raise RuntimeError("fault model: configured to fail every predict")
         time.sleep(float(self.config.get("predict_delay_s", 0)))
         first = model_input[self.features[0]].to_numpy(dtype="float64")
+        if "hang_on" in self.config and (first == float(self.config["hang_on"])).any():
+            time.sleep(float(self.config["hang_s"]))
         if "raise_on" in self.config and (first == float(self.config["raise_on"])).any():
             raise ValueError("fault model: input holds the configured raise_on value")
         probability = 1.0 / (1.0 + np.exp(-(first - float(self.config.get("threshold", 0)))))

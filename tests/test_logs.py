@@ -1,0 +1,42 @@
+"""Log flooding: a full queue drops lines and counts them; tracebacks are rate-limited per key."""
+
+import logging
+import queue
+
+from prometheus_client import CollectorRegistry, Counter
+
+from serving.logs import DroppingQueueHandler, TracebackLimiter
+
+
+def test_lines_beyond_the_queue_are_dropped_and_counted():
+    registry = CollectorRegistry()
+    dropped = Counter("modelyard_log_lines_dropped", "", registry=registry)
+    records: queue.Queue[logging.LogRecord] = queue.Queue(10)
+    logger = logging.getLogger("test-logs-flood")
+    logger.propagate = False
+    logger.addHandler(DroppingQueueHandler(records, dropped))
+    for line in range(100):  # nothing writes them: the queue fills up
+        logger.error("line %d", line)
+    assert records.qsize() == 10
+    assert registry.get_sample_value("modelyard_log_lines_dropped_total") == 90
+
+
+def test_tracebacks_are_limited_per_key_and_minute():
+    now = [0.0]
+    limiter = TracebackLimiter(per_minute=3, clock=lambda: now[0])
+    assert [limiter.allow("iris/7") for _ in range(5)] == [True, True, True, False, False]
+    assert limiter.allow("iris/8")  # another key has its own allowance
+    now[0] = 59.0
+    assert not limiter.allow("iris/7")
+    now[0] = 60.0
+    assert limiter.allow("iris/7")
+
+
+def test_traceback_keys_are_bounded():
+    now = [0.0]
+    limiter = TracebackLimiter(per_minute=1, max_keys=2, clock=lambda: now[0])
+    assert limiter.allow("a")
+    assert limiter.allow("b")
+    assert not limiter.allow("c")  # a third key within the minute gets no traceback
+    now[0] = 61.0
+    assert limiter.allow("c")  # the old keys' minute is over: they are forgotten
