@@ -121,9 +121,12 @@ class Scorer:
         process = _Process(f"the {role} {ref}", command, home, self._isolation)
         self._processes.append(process)
         process.expect("started")
-        message = process.expect("answered", "no answer", "load failed")
+        message = process.expect("answered", "no answer", "load failed", "tampered")
         if message["event"] == "load failed":
             raise EvaluationError(f"cannot load the {role} {ref}: {message.get('reason')}")
+        if message["event"] == "tampered":
+            names = ", ".join(str(name) for name in message.get("names", []))[:300]
+            raise process.failed(f"changed the gate's own code ({names})")
         if message["event"] == "no answer":
             reason = str(message.get("reason", "no reason given"))[:300]
             return Scored(ref, None, reason, contract.interface_in(entry), process)
@@ -168,7 +171,7 @@ class _Process:
         """The next message, which must be one of `events`."""
         message = self._receive()
         if message["event"] not in events:
-            raise self._failed(f"sent '{message['event']}' where it should send {events[0]}")
+            raise self.failed(f"sent '{message['event']}' where it should send {events[0]}")
         return message
 
     def call(self, start: int, stop: int) -> None:
@@ -182,11 +185,11 @@ class _Process:
         try:
             code = self._popen.wait(timeout=self._timeout_s)
         except subprocess.TimeoutExpired:
-            raise self._failed(
+            raise self.failed(
                 f"did not exit within {self._timeout_s:g} s of being told to"
             ) from None
         if code != 0:
-            raise self._failed(f"{_exit(code)} when told to quit")
+            raise self.failed(f"{_exit(code)} when told to quit")
 
     def kill(self) -> None:
         """Kill the process and everything it started (its own session)."""
@@ -204,7 +207,7 @@ class _Process:
             self._popen.stdin.write(json.dumps(message).encode() + b"\n")
             self._popen.stdin.flush()
         except OSError:
-            raise self._failed(self._ended()) from None
+            raise self.failed(self._ended()) from None
 
     def _receive(self) -> dict[str, Any]:
         assert self._popen.stdout is not None
@@ -214,22 +217,22 @@ class _Process:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.kill()
-                raise self._failed(f"gave no answer within {self._timeout_s:g} s (killed)")
+                raise self.failed(f"gave no answer within {self._timeout_s:g} s (killed)")
             if not select.select([channel], [], [], remaining)[0]:
                 continue
             chunk = os.read(channel, _MAX_LINE)
             if not chunk:
-                raise self._failed(self._ended())
+                raise self.failed(self._ended())
             self._buffer += chunk
             if len(self._buffer) > _MAX_LINE:
-                raise self._failed(f"sent a line longer than {_MAX_LINE} bytes")
+                raise self.failed(f"sent a line longer than {_MAX_LINE} bytes")
         line, _, self._buffer = self._buffer.partition(b"\n")
         try:
             message = json.loads(line)
         except ValueError:
             message = None
         if not isinstance(message, dict) or not isinstance(message.get("event"), str):
-            raise self._failed(f"sent a malformed message: {line[:80]!r}")
+            raise self.failed(f"sent a malformed message: {line[:80]!r}")
         return message
 
     def _ended(self) -> str:
@@ -239,7 +242,8 @@ class _Process:
             return "closed its pipe without answering (killed)"
         return f"{_exit(code)} before it answered"
 
-    def _failed(self, what: str) -> ScoringFailed:
+    def failed(self, what: str) -> ScoringFailed:
+        """Kill the process; the error naming it, what it did and the tail of its stderr."""
         self.kill()
         tail = _tail(self._stderr)
         return ScoringFailed(

@@ -63,6 +63,7 @@ def main(argv: list[str]) -> int:
     from registry.cache import ModelCache, VersionId
     from registry.loading import load_cached
 
+    before = _own_names()
     try:
         model = load_cached(
             VersionId(**json.loads(version)), ModelCache(Path(cache_dir)), None, offline=True
@@ -71,7 +72,10 @@ def main(argv: list[str]) -> int:
         _send(channel, {"event": "load failed", "reason": f"{type(exc).__name__}: {_reason(exc)}"})
         return 1
     features = pd.read_parquet(features_path)
-    _send(channel, _answer(model.predict, features, Path(answer_path)))
+    answer = _answer(model.predict, features, Path(answer_path))
+    if changed := _changed(before, _own_names()):
+        answer = {"event": "tampered", "names": changed[:10]}
+    _send(channel, answer)
     gc.collect()
     with threadpool_limits(limits=1):
         for line in sys.stdin:
@@ -82,6 +86,27 @@ def main(argv: list[str]) -> int:
             model.predict(features.iloc[start:stop])
             _send(channel, {"event": "done"})
     return 1
+
+
+def _own_names() -> dict[str, int]:
+    """The identity of every name in the gate's and the registry's modules, all imported."""
+    import importlib
+    import pkgutil
+
+    names = {}
+    for package in ("gates", "registry"):
+        root = importlib.import_module(package)
+        for module in pkgutil.walk_packages(root.__path__, f"{package}."):
+            if module.name == "gates.score" or module.name.endswith("__main__"):
+                continue
+            loaded = importlib.import_module(module.name)
+            names |= {f"{module.name}.{k}": id(v) for k, v in vars(loaded).items()}
+    return names
+
+
+def _changed(before: dict[str, int], after: dict[str, int]) -> list[str]:
+    """Names the model's code replaced or removed in the gate's and the registry's modules."""
+    return sorted(name for name, identity in before.items() if after.get(name) != identity)
 
 
 def _answer(predict: Any, features: Any, path: Path) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from pydantic_settings import SettingsError
 from registry.client import bound_http_calls
 from serving import logs
 from serving.app import create_app
+from serving.auth import read_keyring
 from serving.connections import ServerConfig
 from serving.settings import ServingSettings
 from serving.shutdown import DrainingServer, supervise
@@ -34,6 +35,7 @@ def serve(
     """Serve every registered model with a `production` alias (see MODELYARD_* settings)."""
     try:
         settings = ServingSettings()
+        read_keyring(settings)  # a bad keys file stops here, named, before any worker starts
     except (ValidationError, ValueError, SettingsError) as exc:
         for line in settings_errors(exc):
             typer.echo(f"error: {line}", err=True)

@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from serving import webhooks
 from serving.auth import Keyring, presented_key, scrub
@@ -145,7 +145,9 @@ async def mlflow_version() -> Response:
     return Response(version("mlflow"), media_type="application/json")
 
 
-@router.get("/metrics", tags=["status"], dependencies=[StatusAccess])
+@router.get(
+    "/metrics", tags=["status"], dependencies=[StatusAccess], response_class=PlainTextResponse
+)
 async def metrics(service: ServiceDep) -> Response:
     """Prometheus exposition (every worker's values in multiprocess mode)."""
     return Response(service.metrics.exposition(), media_type="text/plain; version=0.0.4")
@@ -220,10 +222,12 @@ async def _invoke(
         model = name or service.default_model()
         allowance = keyring.admit(key, model, alias, service.settings.required_alias)
     except ServingError as error:
-        outcome = service.refused(error, name, alias, request_id=request_id, started=started)
+        outcome = service.refused(
+            error, name, alias, request_id=request_id, started=started, key=key_name
+        )
     else:
         try:
-            outcome = await _predict(request, service, name, alias, request_id, started)
+            outcome = await _predict(request, service, name, alias, request_id, started, key_name)
         finally:
             allowance.release()
     service.metrics.requests_by_key.labels(key_name, str(outcome.status)).inc()
@@ -237,13 +241,16 @@ async def _predict(
     alias: str | None,
     request_id: str,
     started: float,
+    key: str | None = None,
 ) -> Outcome:
-    """Read the body and let Service answer it."""
+    """Read the body and let Service answer it; `key` names the request's API key."""
     headers = request.headers
     try:
         body = await _read_body(request, service.settings.max_body_bytes)
     except BodyTooLarge as error:
-        outcome = service.refused(error, name, alias, request_id=request_id, started=started)
+        outcome = service.refused(
+            error, name, alias, request_id=request_id, started=started, key=key
+        )
     else:
         outcome = await service.invoke(
             name,
@@ -253,6 +260,7 @@ async def _predict(
             routing_key=headers.get("x-routing-key"),
             request_id=request_id,
             started=started,
+            key=key,
         )
     return outcome
 

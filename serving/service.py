@@ -174,6 +174,7 @@ class Service:
         routing_key: str | None = None,
         request_id: str | None = None,
         started: float | None = None,
+        key: str | None = None,
     ) -> Outcome:
         """Route, decode, validate, predict and encode one request; count and log it.
 
@@ -227,7 +228,7 @@ class Service:
             fallback=fallback,
             latency_s=time.perf_counter() - started,
         )
-        self._record(outcome, name, alias)
+        self._record(outcome, name, alias, key)
         return outcome
 
     def refused(
@@ -238,16 +239,20 @@ class Service:
         *,
         request_id: str | None = None,
         started: float | None = None,
+        key: str | None = None,
     ) -> Outcome:
-        """The outcome of a request refused before it reached `invoke` (its body too large),
-        logged like any other. Arguments as for `invoke`."""
+        """The outcome of a request refused before it reached `invoke` (its body too large,
+        its key refused), logged like any other. Arguments as for `invoke`."""
         latency_s = 0.0 if started is None else time.perf_counter() - started
         outcome = Outcome(request_id or uuid.uuid4().hex, error, latency_s=latency_s)
-        self._record(outcome, name, alias)
+        self._record(outcome, name, alias, key)
         return outcome
 
-    def _record(self, outcome: Outcome, name: str | None, alias: str | None) -> None:
-        """The request's metrics and its log line (never the payload)."""
+    def _record(
+        self, outcome: Outcome, name: str | None, alias: str | None, key: str | None = None
+    ) -> None:
+        """The request's metrics and its log line (never the payload; the API key's name,
+        never the key)."""
         ref = outcome.ref
         # Only routed requests are counted: their labels name served versions, a bounded set,
         # where a request for an unknown model would add a series per name clients make up.
@@ -266,6 +271,7 @@ class Service:
                     "status": outcome.status,
                     "latency_ms": round(outcome.latency_s * 1000, 3),
                     "fallback": outcome.fallback,
+                    "key": key,
                 },
             )
 

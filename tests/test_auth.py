@@ -253,6 +253,18 @@ def test_prediction_needs_a_known_key(
     assert 'modelyard_requests_by_key_total{key="-",status="401"} 2.0' in metrics
 
 
+def test_the_log_line_names_the_key_never_the_key(
+    keyed: TestClient, keys: dict[str, str], caplog: pytest.LogCaptureFixture
+):
+    path = f"/models/{CLASSIFIER}/invocations"
+    with caplog.at_level(logging.INFO, logger="serving.requests"):
+        assert _post(keyed, path, keys["any"]).status_code == 200
+        assert _post(keyed, f"/models/{CLASSIFIER}/aliases/staging/invocations", keys["any"])
+    logged = [r.__dict__ for r in caplog.records if r.getMessage() == "prediction"]
+    assert [(line["key"], line["status"]) for line in logged] == [("any", 200), ("any", 403)]
+    assert keys["any"] not in caplog.text
+
+
 def test_a_key_calls_only_its_models(keyed: TestClient, keys: dict[str, str]):
     refused = _post(keyed, f"/models/{CLASSIFIER}/invocations", keys["regressor"])
     assert refused.status_code == 403

@@ -37,6 +37,9 @@ CHECKS = [
 ]
 """No 5xx, and each answer as its schema documents it. Status codes are not among them:
 FastAPI documents 200 and 422 only, and the routes answer 400, 401, 404, 413, 503 by design."""
+MLFLOW_VERBATIM = {"GET /ping", "GET /health", "GET /version"}
+"""Routes answering exactly as `mlflow models serve` does: a body that is not JSON (a newline,
+the version number) labelled application/json. Clients rely on it; only its parse is exempt."""
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +77,8 @@ def fuzz(operation: schemathesis.APIOperation, mode: GenerationMode) -> dict[str
         except (Failure, FailureGroup) as problem:
             failures = problem.exceptions if isinstance(problem, FailureGroup) else [problem]
             for failure in failures:
+                if operation.label in MLFLOW_VERBATIM and "JSON" in failure.title:
+                    continue
                 key = f"{operation.label} ({mode}): {failure.title}"
                 found.setdefault(key, f"{failure.message[:300]}\n    {case.as_curl_command()}")
 

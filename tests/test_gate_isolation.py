@@ -191,13 +191,15 @@ def test_gate_candidate_that_hangs_is_killed_after_the_timeout(
     assert "gave no answer within 15 s (killed)" in result.stderr
 
 
-def test_gate_candidate_patching_the_gate_changes_nothing(
+def test_gate_candidate_patching_the_gate_is_caught(
     hostiles: Hostiles, pinned: Path, tmp_path: Path
 ):
     result = _hostile(hostiles, "patch", pinned, tmp_path)
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output
+    assert "changed the gate's own code" in result.stderr
+    assert "gates.verdict.judge" in result.stderr
+    assert "registry.quality.compute" in result.stderr
     assert "patched" not in result.stdout
-    assert re.search(r"^accuracy +0\.\d+ .* FAIL$", result.stdout, re.M), result.stdout
 
 
 def test_gate_candidate_sees_no_credentials(

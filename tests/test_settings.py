@@ -26,6 +26,7 @@ def _serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         ({"MODELYARD_TRAFFIC": '{"m": {"production": -1}}'}, "traffic for 'm'"),
         ({"MODELYARD_REQUIRED_ALIAS": "canary"}, "required_alias 'canary'"),
         ({"MODELYARD_CONFIG": "/no/such/file.yaml"}, "MODELYARD_CONFIG"),
+        ({"MODELYARD_API_KEYS_FILE": "/no/such/keys.yaml"}, "/no/such/keys.yaml"),
     ],
 )
 def test_serve_bad_setting_exits_naming_it(env: dict[str, str], named: str):
