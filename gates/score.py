@@ -93,7 +93,7 @@ def _own_names() -> dict[str, int]:
     import importlib
     import pkgutil
 
-    names = {}
+    names: dict[str, int] = {}
     for package in ("gates", "registry"):
         root = importlib.import_module(package)
         for module in pkgutil.walk_packages(root.__path__, f"{package}."):
