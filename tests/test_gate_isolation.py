@@ -24,6 +24,7 @@ from gates.evaluation import sha256_of
 from modelyard.cli import app
 from registry import contract, versions
 from registry.client import connect
+from tests.servers import restoring_tracking_uri
 from training.datasets import load_split
 from training.run import TrainSpec, train
 
@@ -106,15 +107,16 @@ def _log(tracking_uri: str, tmp: Path, **config: str) -> str:
 
 
 def _register(tracking_uri: str, **model: object) -> str:
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment("gate-isolation-tests")
-    with mlflow.start_run() as run:
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            signature=_signature(),
-            pip_requirements=["mlflow", "pandas", "numpy"],
-            **model,  # type: ignore[arg-type]
-        )
+    with restoring_tracking_uri():
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_experiment("gate-isolation-tests")
+        with mlflow.start_run() as run:
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                signature=_signature(),
+                pip_requirements=["mlflow", "pandas", "numpy"],
+                **model,  # type: ignore[arg-type]
+            )
     ref = versions.register(
         MlflowClient(tracking_uri),
         info.model_uri,

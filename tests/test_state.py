@@ -19,6 +19,7 @@ from serving.settings import ServingSettings
 from serving.state import LastKnownGood, SavedModel, Storage
 from serving.traffic import TrafficSplit
 from tests.conftest import wait_until
+from tests.servers import restoring_tracking_uri
 from training.datasets import load_split
 from training.faults import register_fault_model
 
@@ -86,10 +87,9 @@ def registry(tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Swi
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     switch = Switch(tracking_uri)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(switch.uri)
-    yield switch
-    mlflow.set_tracking_uri(previous)
+    with restoring_tracking_uri():
+        mlflow.set_tracking_uri(switch.uri)
+        yield switch
     switch.close()
 
 
