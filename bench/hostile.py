@@ -28,7 +28,6 @@ prints them again from a results file.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import logging
@@ -52,7 +51,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from bench import attacks, load, report
+from bench import attacks, load, options, report
 from bench.analysis import Goal, fmt
 from bench.probes import LiveProbe, RssProbe, rss_kib
 from bench.processes import ROOT, Process, registry, start_serving
@@ -701,27 +700,12 @@ def execute(run: Run, workdir: Path) -> None:
             hang(run, stack, run.meta["registered"], workdir)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Namespace]:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run; JSON to a temp file")
-    parser.add_argument("--output", type=Path, help=f"results file (default {RESULTS})")
-    parser.add_argument("--only", help=f"comma-separated parts of {','.join(PARTS)}")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory")
-    parser.add_argument("--show", type=Path, metavar="FILE", help="print a results file's goals")
-    args = parser.parse_args(argv)
-    cfg = replace(Config(), **QUICK) if args.quick else Config()
-    if args.only:
-        chosen = tuple(p.strip() for p in args.only.split(",") if p.strip())
-        if unknown := set(chosen) - set(PARTS):
-            parser.error(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
-        cfg = replace(cfg, parts=chosen)
-    return cfg, args
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     from bench.swap import to_json
 
-    cfg, args = parse_args(argv)
+    cfg, args = options.parse_args(
+        argv, (__doc__ or "").split("\n")[0], Config(), QUICK, RESULTS, PARTS
+    )
     if args.show:
         results = json.loads(args.show.read_text())
         print(report.goal_table(goals(results["config"], results["parts"])))
