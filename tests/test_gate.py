@@ -22,6 +22,7 @@ from registry import history, versions
 from registry.client import connect
 from registry.refs import ModelRef
 from tests.conftest import DemoRegistry
+from tests.servers import restoring_tracking_uri
 from training.datasets import load_split
 from training.run import TrainSpec, train
 
@@ -442,13 +443,10 @@ def test_gate_promote_refuses_when_the_baseline_moved_meanwhile(
 def test_gate_unreachable_registry_exits_2(
     policy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(None)  # training set it for this process; the CLI reads the env
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
-    try:
+    with restoring_tracking_uri():
+        mlflow.set_tracking_uri(None)  # training set it for this process; the CLI reads the env
         result = _gate("--candidate", "2", policy=policy, report_dir=tmp_path)
-    finally:
-        mlflow.set_tracking_uri(previous)
     assert result.exit_code == 2
     assert "not reachable" in result.stderr
     assert "Traceback" not in result.output

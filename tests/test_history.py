@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import mlflow
 import pytest
 import requests
 from click.testing import Result
@@ -19,7 +20,7 @@ from registry.cli import app
 from registry.errors import NothingToRollBack, StaleAlias
 from tests.conftest import BUCKET, S3
 from tests.postgres import running_postgres
-from tests.servers import start_mlflow, stop
+from tests.servers import restoring_tracking_uri, start_mlflow, stop
 
 NewModel = Callable[[int], str]
 
@@ -127,7 +128,9 @@ def _moves(client: MlflowClient, name: str) -> list[history.Move]:
 
 def _cli(*argv: str, actor: str = "ci-bot", uri: str | None = None) -> Result:
     env = {"MODELYARD_ACTOR": actor} | ({"MLFLOW_TRACKING_URI": uri} if uri else {})
-    return CliRunner(env=env).invoke(app, list(argv))
+    with restoring_tracking_uri():
+        mlflow.set_tracking_uri(None)  # as in a new process: the CLI reads the environment
+        return CliRunner(env=env).invoke(app, list(argv))
 
 
 def test_history_promote_records_who_when_from_to_why(client: MlflowClient, new_model: NewModel):
