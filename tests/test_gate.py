@@ -445,7 +445,7 @@ def test_gate_unreachable_registry_exits_2(
 ):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     with restoring_tracking_uri():
-        mlflow.set_tracking_uri(None)  # training set it for this process; the CLI reads the env
+        mlflow.set_tracking_uri("http://127.0.0.1:9")  # training set another for this process
         result = _gate("--candidate", "2", policy=policy, report_dir=tmp_path)
     assert result.exit_code == 2
     assert "not reachable" in result.stderr

@@ -127,9 +127,10 @@ def _moves(client: MlflowClient, name: str) -> list[history.Move]:
 
 
 def _cli(*argv: str, actor: str = "ci-bot", uri: str | None = None) -> Result:
-    env = {"MODELYARD_ACTOR": actor} | ({"MLFLOW_TRACKING_URI": uri} if uri else {})
+    target = uri or mlflow.get_tracking_uri()
+    env = {"MODELYARD_ACTOR": actor, "MLFLOW_TRACKING_URI": target}
     with restoring_tracking_uri():
-        mlflow.set_tracking_uri(None)  # as in a new process: the CLI reads the environment
+        mlflow.set_tracking_uri(target)  # this process's MLflow may point elsewhere
         return CliRunner(env=env).invoke(app, list(argv))
 
 
