@@ -72,7 +72,7 @@ class Admission:
             raise BodyTimeout(self.body_timeout_s) from None
         if complete is None:
             return  # the client went away
-        if not complete:  # over max_body_bytes: the route reads on and answers 413
+        if not complete:  # over max_body_bytes: the route refuses it: 413
             await self.app(scope, body.replay(receive), send)
             return
         if self.in_flight >= self.max_in_flight:

@@ -192,6 +192,8 @@ class Keyring:
         self.keys = keys
         self._by_lookup = {key.lookup: key for key in keys}
         self._verified: dict[bytes, ApiKey] = {}
+        self._checking: dict[bytes, asyncio.Task[bool]] = {}
+        """scrypt checks under way, by the key's SHA-256: one at a time per key."""
         self._allowances = {key.name: Allowance(key) for key in keys}
 
     async def identify(self, presented: str) -> ApiKey | None:
@@ -205,7 +207,12 @@ class Keyring:
         candidate = self._by_lookup.get(digest.hex()[:16])
         if candidate is None:
             return None
-        if not await asyncio.to_thread(candidate.matches, presented):
+        check = self._checking.get(digest)
+        if check is None:  # requests presenting the key meanwhile wait for this one
+            check = asyncio.ensure_future(asyncio.to_thread(candidate.matches, presented))
+            self._checking[digest] = check
+            check.add_done_callback(lambda _: self._checking.pop(digest, None))
+        if not await asyncio.shield(check):  # a waiter cancelled does not cancel the others
             return None
         self._verified[digest] = candidate
         return candidate
@@ -241,8 +248,9 @@ def read_keyring(settings: ServingSettings) -> Keyring | None:
 
 
 _USERINFO = re.compile(r"(?<=://)[^/\s@]+@")
-_SECRET_VALUE = re.compile(
-    r"(?i)\b([\w.-]*(?:key|token|password|passwd|secret|signature|credential)[\w.-]*=)[^&\s'\",;]+"
+_SECRET_VALUE = re.compile(  # a name is tried from its start only, so the time is linear
+    r"(?i)(?<![\w.-])(?=[\w.-]*?(?:key|token|password|passwd|secret|signature|credential))"
+    r"([\w.-]*+=)[^&\s'\",;]+"
 )
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s'\",;]+")
 

@@ -342,7 +342,8 @@ def _read_parquet(body: bytes, limits: DecodeLimits) -> pd.DataFrame:
             raise BadRequest(f"Parquet column '{shown(leaf.path)}': text in a list is not read")
     text = [c.path for c in leaves if c.physical_type == "BYTE_ARRAY" and _is_text(c)]
     try:
-        table = pq.ParquetFile(BytesIO(body), read_dictionary=text).read(use_threads=False)
+        reader = pq.ParquetFile(BytesIO(body), metadata=meta, read_dictionary=text)
+        table = reader.read(use_threads=False)
     except Exception:  # a footer that promises what the pages do not hold
         raise BadRequest("could not read the body as Parquet matching the signature") from None
     limits.check_bytes(fixed + sum(_dense_size(table.column(c)) for c in range(table.num_columns)))

@@ -121,6 +121,25 @@ def test_a_verified_key_is_not_hashed_again():
     assert asyncio.run(keyring.identify("x" * 10_000)) is None
 
 
+def test_a_key_presented_by_concurrent_requests_is_hashed_once(monkeypatch: pytest.MonkeyPatch):
+    key, entry = auth.issue("burst")
+    keyring = Keyring([entry])
+    checked = []
+    matches = ApiKey.matches
+
+    def counted(self: ApiKey, presented: str) -> bool:
+        checked.append(presented)
+        return matches(self, presented)
+
+    monkeypatch.setattr(ApiKey, "matches", counted)
+
+    async def identify_at_once() -> list[ApiKey | None]:
+        return await asyncio.gather(*(keyring.identify(key) for _ in range(20)))
+
+    assert asyncio.run(identify_at_once()) == [entry] * 20
+    assert checked == [key]
+
+
 @pytest.mark.parametrize(
     ("models", "pin", "model", "alias", "allowed"),
     [
@@ -180,6 +199,13 @@ def test_allowance_bounds_rate_and_concurrency():
 )
 def test_scrub_masks_credentials(text: str, scrubbed: str):
     assert auth.scrub(text) == scrubbed
+
+
+@pytest.mark.parametrize("text", ["a." * 5_000, "model-" * 2_000, "key" * 5_000])
+def test_scrub_takes_linear_time(text: str):
+    started = time.perf_counter()
+    assert auth.scrub(text) == text
+    assert time.perf_counter() - started < 0.5  # the backtracking pattern took 16 s on "a." ...
 
 
 # -- a served app with keys ------------------------------------------------------------------
