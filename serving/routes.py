@@ -1,5 +1,6 @@
 """HTTP routes: translate requests to Service calls and answers back. No logic of their own."""
 
+import asyncio
 import dataclasses
 import hmac
 import re
@@ -16,7 +17,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 
 from serving import webhooks
 from serving.auth import Keyring, presented_key, scrub
-from serving.errors import BodyTooLarge, KeyRequired, ServingError, Unauthorized
+from serving.errors import BodyTimeout, BodyTooLarge, KeyRequired, ServingError, Unauthorized
 from serving.service import Outcome, Service
 from serving.settings import ServingSettings
 from serving.webhooks import BadDelivery
@@ -149,8 +150,10 @@ async def mlflow_version() -> Response:
     "/metrics", tags=["status"], dependencies=[StatusAccess], response_class=PlainTextResponse
 )
 async def metrics(service: ServiceDep) -> Response:
-    """Prometheus exposition (every worker's values in multiprocess mode)."""
-    return Response(service.metrics.exposition(), media_type="text/plain; version=0.0.4")
+    """Prometheus exposition (every worker's values in multiprocess mode, read from their
+    files: in a thread, off the event loop)."""
+    exposition = await asyncio.to_thread(service.metrics.exposition)
+    return Response(exposition, media_type="text/plain; version=0.0.4")
 
 
 @router.post("/admin/refresh", tags=["admin"])
@@ -172,7 +175,7 @@ async def mlflow_webhook(request: Request, service: ServiceDep) -> dict[str, str
     """MLflow registry webhook: verified, then taken as a hint to poll the registry now."""
     if service.webhooks is None:
         raise Unauthorized("webhooks are not configured here (MODELYARD_WEBHOOK_SECRET)")
-    body = await _read_body(request, 64 * 1024)
+    body = await _read_body(request, 64 * 1024, service.settings.body_timeout_s)
     headers = request.headers
     try:
         service.webhooks.verify(
@@ -246,7 +249,8 @@ async def _predict(
     """Read the body and let Service answer it; `key` names the request's API key."""
     headers = request.headers
     try:
-        body = await _read_body(request, service.settings.max_body_bytes)
+        settings = service.settings
+        body = await _read_body(request, settings.max_body_bytes, settings.body_timeout_s)
     except BodyTooLarge as error:
         outcome = service.refused(
             error, name, alias, request_id=request_id, started=started, key=key
@@ -287,7 +291,7 @@ def _response(outcome: Outcome) -> Response:
 def request_id_of(headers: Mapping[str, str]) -> str:
     """The client's X-Request-ID when it is 1..128 of `A-Z a-z 0-9 . _ -`, else a fresh one."""
     given = headers.get("x-request-id")
-    if given is not None and len(given) <= 128 and REQUEST_ID.fullmatch(given):
+    if given is not None and REQUEST_ID.fullmatch(given):
         return given
     return uuid.uuid4().hex
 
@@ -296,21 +300,17 @@ def ignored_columns(names: Iterable[str]) -> str:
     """The X-Ignored-Columns value: each name percent-encoded as in a URL (all but letters,
     digits and `-._~`, as UTF-8), joined by commas, at most MAX_HEADER_CHARS characters; a list
     that does not fit keeps its first whole names and ends with the item `*`."""
-    encoded, length = [], -1
+    parts: list[str] = []
+    length = -1  # of ",".join(parts)
     for name in names:
-        encoded.append(quote(name[:MAX_HEADER_CHARS], safe=""))
-        length += len(encoded[-1]) + 1
-        if length > MAX_HEADER_CHARS:
-            break
-    else:
-        return ",".join(encoded)
-    kept, length = [], 0
-    for part in encoded:
-        if length + len(part) + 2 > MAX_HEADER_CHARS:
-            break
-        kept.append(part)
-        length += len(part) + 1
-    return ",".join([*kept, "*"])
+        part = quote(name[:MAX_HEADER_CHARS], safe="")
+        if length + 1 + len(part) > MAX_HEADER_CHARS:
+            while parts and length + 2 > MAX_HEADER_CHARS:  # make room for ",*"
+                length -= len(parts.pop()) + 1
+            return ",".join([*parts, "*"])
+        parts.append(part)
+        length += 1 + len(part)
+    return ",".join(parts)
 
 
 def error_response(error: ServingError) -> JSONResponse:
@@ -322,17 +322,22 @@ def error_response(error: ServingError) -> JSONResponse:
     )
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 before parsing when it is over `limit` bytes."""
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The body, refused with 413 before parsing when it is over `limit` bytes, and with 408
+    when it has not arrived within `timeout_s`."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(limit)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(limit)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(limit)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyTimeout(timeout_s) from None
     return b"".join(chunks)
 
 

@@ -41,6 +41,7 @@ def served(tracking_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         "MODELYARD_MAX_BUFFERED_BYTES": str(BUFFERED),
         "MODELYARD_MAX_IN_FLIGHT": "1",
         "MODELYARD_PREDICT_TIMEOUT_S": "30",
+        "MODELYARD_WEBHOOK_SECRET": "edge-webhook-secret",
     }
     log = tmp_path_factory.mktemp("edge") / "serving.log"
     with serving_process(tracking_uri, settings, log) as process:
@@ -126,6 +127,13 @@ def test_connection_that_sends_nothing_is_closed(served: Served):
 def test_stalled_body_is_408_after_the_timeout(served: Served):
     with _connect(served) as client:
         client.sendall(_head(served, 1000) + b'{"dataframe_split": ')
+        elapsed = _refused(client, 408, "DEADLINE_EXCEEDED")
+        assert TIMEOUT_S - 0.5 < elapsed < TIMEOUT_S + 3
+
+
+def test_stalled_webhook_body_is_408_after_the_timeout(served: Served):
+    with _connect(served) as client:
+        client.sendall(_head(served, 1000, "/webhooks/mlflow") + b'{"entity": ')
         elapsed = _refused(client, 408, "DEADLINE_EXCEEDED")
         assert TIMEOUT_S - 0.5 < elapsed < TIMEOUT_S + 3
 
