@@ -119,7 +119,7 @@ class ModelCache:
             entries.sort(reverse=True)
             for _, entry in entries[keep if name else 0 :]:
                 with self._lock(entry.name, wait=False) as locked:
-                    if locked:
+                    if locked and entry.exists():  # else another worker pruned it meanwhile
                         self._remove(entry)
                         removed.append(entry.name)
         if removed:

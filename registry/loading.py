@@ -45,9 +45,9 @@ def private_dir(base: Path | None, name: str) -> Path:
 
 def identify(client: MlflowClient, name: str, version: str) -> tuple[ModelRef, VersionId]:
     """An exact version, only if READY, and the identity its cache entry is keyed by."""
-    ref = versions.get_ready(client, name, version)
-    found = client.get_model_version(name, version)
-    return ref, VersionId(name, version, found.run_id, found.source or "", found.model_id)
+    found = versions.get_ready(client, name, version)
+    identity = VersionId(name, version, found.run_id, found.source or "", found.model_id)
+    return ModelRef(name, version, found.run_id), identity
 
 
 def load_cached(

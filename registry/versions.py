@@ -100,12 +100,12 @@ def _ref(version: ModelVersion, alias: str | None) -> ModelRef:
     )
 
 
-def get_ready(client: MlflowClient, name: str, version: str) -> ModelRef:
-    """The reference for an exact version, only if its status is READY (never waits)."""
+def get_ready(client: MlflowClient, name: str, version: str) -> ModelVersion:
+    """An exact version as the registry records it, only if its status is READY (never waits)."""
     found = _model_version(client, name, version)
     if found.status != "READY":
         raise VersionNotReady(name, version, found.status)
-    return _ref(found, None)
+    return found
 
 
 def tag(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:

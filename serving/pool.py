@@ -18,16 +18,21 @@ class PredictPool:
     def __init__(self, threads: int, name: str) -> None:
         self.threads = threads
         self.name = name
-        self.stuck = 0
-        """Threads running a call its caller abandoned."""
         self._work: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = (
             queue.SimpleQueue()
         )
-        self._running: dict[Future[Any], bool] = {}
-        """Calls running now, each with whether it was abandoned."""
+        self._running: set[Future[Any]] = set()
+        """Calls running now."""
+        self._abandoned: set[Future[Any]] = set()
+        """Calls running now that their callers abandoned: each holds its thread."""
         self._lock = threading.Lock()
         self._closed = False
         self._started = 0
+
+    @property
+    def stuck(self) -> int:
+        """Threads running a call its caller abandoned."""
+        return len(self._abandoned)
 
     @property
     def exhausted(self) -> bool:
@@ -52,9 +57,8 @@ class PredictPool:
         thread as stuck until it returns."""
         future.cancel()
         with self._lock:
-            if self._running.get(future) is False:
-                self._running[future] = True
-                self.stuck += 1
+            if future in self._running:
+                self._abandoned.add(future)
 
     def shutdown(self) -> None:
         """Take no more calls, drop queued ones; idle threads end now, busy ones when their
@@ -76,13 +80,15 @@ class PredictPool:
         while (item := self._work.get()) is not None:
             future, call = item
             del item
-            if future.set_running_or_notify_cancel():
+            with self._lock:  # running and listed at once: `abandon` sees it one way or the other
+                running = future.set_running_or_notify_cancel()
+                if running:
+                    self._running.add(future)
+            if running:
                 self._run(future, call)
             del future, call  # an idle thread holds nothing of a released version
 
     def _run(self, future: "Future[Any]", call: Callable[[], Any]) -> None:
-        with self._lock:
-            self._running[future] = False
         try:
             result = call()
         except BaseException as exc:
@@ -95,5 +101,5 @@ class PredictPool:
     def _finished(self, future: "Future[Any]") -> None:
         """Forget a returned call; its thread is no longer stuck, if it was."""
         with self._lock:
-            if self._running.pop(future):
-                self.stuck -= 1
+            self._running.discard(future)
+            self._abandoned.discard(future)

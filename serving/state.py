@@ -6,6 +6,7 @@ from its tag, atomically (a temporary file, then a rename). A replica started wh
 registry is unreachable loads those versions from its digest-checked cache.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 from registry.cache import ModelCache, VersionId
 from registry.loading import private_dir
 from serving.settings import ServingSettings
-from serving.traffic import BadSplit, TrafficSplit, validate
+from serving.traffic import TrafficSplit, validate
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +66,9 @@ class Storage:
             return cls(cache, None, temporary=cache_base is None)
         state_dir = private_dir(settings.state_dir, "state")
         for leftover in state_dir.glob(f".{STATE_FILE}.*"):
-            if leftover.stat().st_mtime < time.time() - LEFTOVER_AGE_S:
-                leftover.unlink(missing_ok=True)  # a process killed while saving
+            with contextlib.suppress(FileNotFoundError):  # another worker removed it meanwhile
+                if leftover.stat().st_mtime < time.time() - LEFTOVER_AGE_S:
+                    leftover.unlink(missing_ok=True)  # a process killed while saving
         return cls(cache, state_dir / STATE_FILE)
 
     def close(self) -> None:
@@ -80,7 +82,7 @@ class Storage:
             return None
         try:
             return _parse(json.loads(self.state_file.read_text()))
-        except (OSError, ValueError, KeyError, TypeError, BadSplit) as exc:
+        except Exception as exc:  # whatever the file holds: the watcher must start regardless
             logger.warning("ignoring the saved state %s: %s", self.state_file, exc)
             return None
 

@@ -349,14 +349,11 @@ class Watcher:
         """After a swap: save the state, prune the cache. Failures are logged and counted."""
         try:
             await self._save()
-            await asyncio.to_thread(self._prune)
+            # listed here, on the loop: a worker thread would read `_served` as it changes
+            in_use = [*self._served.values(), *self._loading]
+            await asyncio.to_thread(self.storage.cache.prune, in_use, self.settings.keep_versions)
         except Exception:
             self._failed("saving state or pruning the cache")
-
-    def _prune(self) -> None:
-        """In a worker thread: drop cached versions nothing serves or loads, but the newest."""
-        in_use = [*self._served.values(), *list(self._loading)]
-        self.storage.cache.prune(in_use, self.settings.keep_versions)
 
     def _freeze_heap_once(self) -> None:
         """After the first swap, exempt what is alive (mostly code) from full collections.

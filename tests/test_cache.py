@@ -5,6 +5,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import pytest
 from fastapi.testclient import TestClient
 
 from registry.cache import MANIFEST, PARTIAL, Download, ModelCache, VersionId
@@ -132,6 +133,19 @@ def test_prune_keeps_versions_in_use_and_the_most_recent(tmp_path: Path):
     cache.prune([versions[4]], keep=1)
     left = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
     assert left == sorted([versions[4].key, versions[1].key, other.key])
+
+
+def test_workers_pruning_at_once_each_remove_what_is_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    first, second = ModelCache(tmp_path), ModelCache(tmp_path)
+    for version in (_version_id("iris", "1", "a"), _version_id("iris", "2", "b")):
+        first.fetch(version, _writer(version.version.encode()))
+    listed = list(second._entries())  # the second worker lists the entries,
+    assert len(first.prune([], keep=0)) == 2  # the first removes them,
+    monkeypatch.setattr(second, "_entries", lambda: iter(listed))
+    assert second.prune([], keep=0) == []  # and the second finds them gone
+    assert list((tmp_path / PARTIAL).iterdir()) == []
 
 
 def test_a_starting_worker_leaves_a_download_under_way(tmp_path: Path):

@@ -5,12 +5,16 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+import serving.pool
 from registry.client import connect
 from serving.app import create_app
+from serving.pool import PredictPool
 from serving.settings import ServingSettings
 from serving.traffic import TAG, TrafficSplit, choose
 from tests.conftest import wait_until
@@ -199,3 +203,27 @@ def test_inline_predict_far_slower_than_warm_up_ends_inline_predicts(inline_clie
     assert not _inline(inline_client)
     assert inline_client.post(path, json=_body(hang=True)).status_code == 504
     assert inline_client.post(path, json=_body()).status_code == 200
+
+
+def test_a_call_abandoned_as_its_thread_takes_it_up_counts_as_stuck(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    pool = PredictPool(1, "race")
+
+    class Racing(Future[Any]):
+        """Abandoned by its caller in the very moment a thread starts running it."""
+
+        def set_running_or_notify_cancel(self) -> bool:
+            running = super().set_running_or_notify_cancel()
+            caller = threading.Thread(target=pool.abandon, args=(self,))
+            caller.start()
+            caller.join(0.2)  # the pool may make it wait until the call is listed as running
+            return running
+
+    monkeypatch.setattr(serving.pool, "Future", Racing)
+    release = threading.Event()
+    pool.submit(lambda: release.wait(10))
+    wait_until(lambda: pool.stuck == 1, timeout_s=5, what="the thread counted stuck")
+    assert pool.exhausted
+    release.set()
+    wait_until(lambda: pool.stuck == 0, timeout_s=5, what="the thread free again")

@@ -185,5 +185,6 @@ def test_saved_state_round_trips_and_a_damaged_file_is_ignored(tmp_path: Path):
     assert storage.load() == state
     assert storage.state_file is not None
     assert [p.name for p in storage.state_file.parent.iterdir()] == [storage.state_file.name]
-    storage.state_file.write_text(json.dumps({"format": 1, "models": {"iris": {}}}))
-    assert storage.load() is None
+    for damaged in ({"iris": {}}, {"iris": []}, {"iris": {"aliases": []}}):
+        storage.state_file.write_text(json.dumps({"format": 1, "models": damaged}))
+        assert storage.load() is None, damaged
