@@ -29,7 +29,6 @@ from registry import contract, history, quality, runs, versions
 from registry.client import Client
 from registry.contract import Interface
 from registry.errors import AliasNotFound, StaleAlias
-from registry.loading import PyFunc
 from registry.refs import ModelRef
 
 logger = logging.getLogger(__name__)
@@ -188,33 +187,26 @@ class Answered(Protocol):
 def gather(
     policy: Policy,
     data: EvaluationData,
-    candidate: Answered | PyFunc,
-    baseline: Answered | PyFunc | None,
+    candidate: Answered,
+    baseline: Answered | None,
     *,
     overlap: Overlap | None = None,
     notes: tuple[str, ...] = (),
 ) -> Evidence:
-    """Collect what the policy's checks need from both versions' answers.
-
-    A model loaded in this process (trusted code) is scored here; the gate itself passes
-    versions scored in processes of their own.
-    """
+    """Collect what the policy's checks need from both versions' answers."""
     task = policy.task
-    features = data.features.reset_index(drop=True)
-    new = _answered(candidate, features)
-    old = _answered(baseline, features) if baseline is not None else None
-    candidate_out, candidate_error = new.answer, new.error
+    candidate_out, candidate_error = candidate.answer, candidate.error
     candidate_metrics = None
     if candidate_out is not None:
         try:
             candidate_metrics = quality.compute(task, data.target, candidate_out)
         except (KeyError, ValueError, TypeError) as exc:
             candidate_error = f"the answer does not fit the {task} output contract: {exc}"
-    if old is None:
+    if baseline is None:
         return Evidence(candidate_metrics, None, candidate_error, overlap=overlap, notes=notes)
-    baseline_out = old.answer
+    baseline_out = baseline.answer
     if baseline_out is None:
-        raise EvaluationError(f"the baseline cannot answer the evaluation data: {old.error}")
+        raise EvaluationError(f"the baseline cannot answer the evaluation data: {baseline.error}")
     try:
         baseline_metrics = quality.compute(task, data.target, baseline_out)
     except (KeyError, ValueError, TypeError) as exc:
@@ -236,17 +228,17 @@ def gather(
         )
         if policy.latency is not None:
             timing = latency.measure(
-                new.predict,
-                old.predict,
-                features,
+                candidate.predict,
+                baseline.predict,
+                data.features.reset_index(drop=True),
                 rounds=policy.latency.rounds,
                 batch_rows=policy.latency.batch_rows,
             )
     inputs = outputs = None
     if policy.compatibility.inputs:
-        inputs = tuple(contract.input_breaks(old.interface.inputs, new.interface.inputs))
+        inputs = tuple(contract.input_breaks(baseline.interface.inputs, candidate.interface.inputs))
     if policy.compatibility.outputs:
-        outputs = tuple(contract.output_breaks(old.interface, new.interface))
+        outputs = tuple(contract.output_breaks(baseline.interface, candidate.interface))
     return Evidence(
         candidate_metrics,
         baseline_metrics,
@@ -258,34 +250,6 @@ def gather(
         overlap,
         notes,
     )
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class _InProcess:
-    """A model loaded in this process, answered here."""
-
-    model: PyFunc
-    answer: pd.DataFrame | None
-    error: str | None
-    interface: Interface
-
-    def predict(self, request: pd.DataFrame) -> object:
-        return self.model.predict(request)
-
-
-def _answered(model: Answered | PyFunc, features: pd.DataFrame) -> Answered:
-    if not isinstance(model, PyFunc):
-        return model
-    try:
-        output = model.predict(features)
-    except Exception as exc:  # a failing candidate is a finding, not a crash
-        return _InProcess(
-            model, None, f"predict failed: {_reason(exc)}", contract.interface_of(model)
-        )
-    if not isinstance(output, pd.DataFrame):
-        error = f"predict returned {type(output).__name__}, not a DataFrame"
-        return _InProcess(model, None, error, contract.interface_of(model))
-    return _InProcess(model, output, None, contract.interface_of(model, output))
 
 
 def _baseline(client: Client, name: str, baseline: str) -> ModelRef | None:
@@ -396,9 +360,3 @@ def _phases(start: float, marks: dict[str, float]) -> dict[str, float]:
 
 def _word(verdict: Verdict) -> str:
     return "pass" if verdict.passed else "fail"
-
-
-def _reason(exc: BaseException) -> str:
-    """A short reason: MLflow's schema errors put the whole frame before the words that count."""
-    text = str(exc).rsplit("Error: ", 1)[-1].strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]

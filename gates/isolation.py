@@ -67,7 +67,6 @@ class Scored:
     """A version's answer to the evaluation data (or why it gave none), its interface, and its
     scoring process, still running for latency timing."""
 
-    ref: ModelRef
     answer: pd.DataFrame | None
     error: str | None
     interface: Interface
@@ -129,9 +128,9 @@ class Scorer:
             raise process.failed(f"changed the gate's own code ({names})")
         if message["event"] == "no answer":
             reason = str(message.get("reason", "no reason given"))[:300]
-            return Scored(ref, None, reason, contract.interface_in(entry), process)
+            return Scored(None, reason, contract.interface_in(entry), process)
         answer = _read_answer(answer_path, self._rows, process.name)
-        return Scored(ref, answer, None, contract.interface_in(entry, answer), process)
+        return Scored(answer, None, contract.interface_in(entry, answer), process)
 
     def finish(self) -> None:
         """Tell every scoring process to quit; ScoringFailed unless each exits with 0."""

@@ -149,15 +149,16 @@ def columns_of(schema: Schema | None) -> Signature | None:
 
 def interface_of(model: PyFuncModel, answer: object = None) -> Interface:
     """A loaded version's interface, from its signature and (when given) one of its answers."""
-    signature = model.metadata.signature
-    if signature is None:
-        return Interface(None, None, answer_of(answer))
-    return Interface(columns_of(signature.inputs), columns_of(signature.outputs), answer_of(answer))
+    return _interface(model.metadata, answer)
 
 
 def interface_in(model_dir: Path, answer: object = None) -> Interface:
     """A downloaded version's interface, read from its MLmodel file (no model code runs)."""
-    signature = Model.load(str(model_dir)).signature
+    return _interface(Model.load(str(model_dir)), answer)
+
+
+def _interface(metadata: Model, answer: object) -> Interface:
+    signature = metadata.signature
     if signature is None:
         return Interface(None, None, answer_of(answer))
     return Interface(columns_of(signature.inputs), columns_of(signature.outputs), answer_of(answer))

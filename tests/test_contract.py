@@ -1,6 +1,7 @@
 """The contract's compatibility rules, and that the gate and the serving swap apply them alike."""
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -25,6 +26,7 @@ from registry.contract import (
     answer_of,
     columns_of,
     input_breaks,
+    interface_of,
     output_breaks,
     output_schema,
 )
@@ -257,6 +259,27 @@ def _save_echo(
     return mlflow.pyfunc.load_model(str(directory / "model"))
 
 
+@dataclass(frozen=True)
+class _Answered:
+    """A model loaded here and its answer to the rows, as a scoring process reports both."""
+
+    model: PyFuncModel
+    answer: pd.DataFrame | None
+    error: str | None
+    interface: Interface
+
+    def predict(self, request: pd.DataFrame) -> object:
+        return self.model.predict(request)
+
+
+def _answer(model: PyFuncModel, rows: pd.DataFrame) -> _Answered:
+    try:
+        output = model.predict(rows)
+    except Exception as exc:  # a candidate the rows do not fit answers nothing
+        return _Answered(model, None, f"predict failed: {exc}", interface_of(model))
+    return _Answered(model, output, None, interface_of(model, output))
+
+
 @pytest.fixture(scope="module")
 def baseline_model(tmp_path_factory: pytest.TempPathFactory) -> PyFuncModel:
     return _save_echo(tmp_path_factory.mktemp("baseline"), BASELINE_INPUTS, CONTRACT_OUTPUTS)
@@ -277,7 +300,7 @@ def test_gate_and_swap_agree_on_compatibility(
     data = EvaluationData(
         DataSource("file", "table.csv", "target"), rows, np.array([0, 1, 0, 1]), "0" * 64
     )
-    evidence = gather(policy, data, candidate_model, baseline_model)
+    evidence = gather(policy, data, _answer(candidate_model, rows), _answer(baseline_model, rows))
     gate_breaks = [*(evidence.input_breaks or ()), *(evidence.output_breaks or ())]
     assert bool(gate_breaks) is broken, gate_breaks
     assert judge(policy, evidence).passed is not broken

@@ -32,58 +32,8 @@ HOSTILE = "hostile-clf"
 EXAM = "exam-clf"
 POLICY = "metrics:\n  accuracy: {min: 0.85}\n"
 
-HOSTILE_MODEL = '''\
-"""A candidate whose code does what `on_load` / `on_predict` say; its answers are useless."""
-import os
-import sys
-import time
-
-import mlflow
-import numpy as np
-import pandas as pd
-from mlflow.pyfunc import PythonModel
-
-
-def _parent_environment():
-    try:
-        with open(f"/proc/{os.getppid()}/environ", "rb") as stream:
-            return "readable" if b"s3cret" in stream.read() else "no secret"
-    except OSError:
-        return "refused"
-
-
-class Hostile(PythonModel):
-    def load_context(self, context):
-        self.on_predict = context.model_config.get("on_predict")
-        action = context.model_config.get("on_load")
-        if action == "sys.exit":
-            sys.exit(0)
-        if action == "os._exit":
-            os._exit(0)
-        if action == "hang":
-            time.sleep(3600)
-        if action == "patch":
-            import gates.verdict
-            import registry.quality
-
-            def passed(policy, evidence):
-                return gates.verdict.Verdict((gates.verdict.Check("patched", 1, 1, "", True),))
-
-            gates.verdict.judge = passed
-            registry.quality.compute = lambda task, y, out: {"accuracy": 1.0}
-        if action == "snoop":
-            seen = ",".join(sorted(os.environ))
-            raise RuntimeError(f"env={seen} parent={_parent_environment()}")
-
-    def predict(self, context, model_input, params=None):
-        rows = 1 if self.on_predict == "one row" else len(model_input)
-        return pd.DataFrame(
-            {"label": np.zeros(rows, dtype="int64"), "probability": np.full(rows, 0.4)}
-        )
-
-
-mlflow.models.set_model(Hostile())
-'''
+HOSTILE_MODEL = Path(__file__).resolve().parents[1] / "bench" / "hostile_candidate.py"
+"""The hostile candidate's code: `on_load` exits, hangs, patches the gate or snoops."""
 
 
 class Pickled(PythonModel):
@@ -99,11 +49,9 @@ def _signature() -> ModelSignature:
     return ModelSignature(inputs=inputs, outputs=contract.output_schema("classification"))
 
 
-def _log(tracking_uri: str, tmp: Path, **config: str) -> str:
+def _log(tracking_uri: str, **config: str) -> str:
     """Log and register a Hostile version configured with `config`; its version number."""
-    code = tmp / "hostile.py"
-    code.write_text(HOSTILE_MODEL)
-    return _register(tracking_uri, python_model=str(code), model_config=config)
+    return _register(tracking_uri, python_model=str(HOSTILE_MODEL), model_config=config)
 
 
 def _register(tracking_uri: str, **model: object) -> str:
@@ -136,11 +84,10 @@ class Hostiles:
 
 
 @pytest.fixture(scope="module")
-def hostiles(tracking_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Hostiles:
-    tmp = tmp_path_factory.mktemp("hostile")
+def hostiles(tracking_uri: str) -> Hostiles:
     loads = ("sys.exit", "os._exit", "hang", "patch", "snoop", "nothing")
-    by_action = {action: _log(tracking_uri, tmp, on_load=action) for action in loads}
-    by_action["one row"] = _log(tracking_uri, tmp, on_predict="one row")
+    by_action = {action: _log(tracking_uri, on_load=action) for action in loads}
+    by_action["one row"] = _log(tracking_uri, on_predict="one row")
     return Hostiles(by_action, _register(tracking_uri, python_model=Pickled()))
 
 
