@@ -9,7 +9,7 @@ hanging versions, against a real `modelyard serve` on the demo stack.
 It starts its own registry (moto's S3 server and `mlflow server` on SQLite), trains the demo
 classifier `cancer-classifier` and registers fault-injection versions, then measures:
 
-1. cases: eleven hostile requests, one at a time (see CASES). Each must be answered as its
+1. cases: twelve hostile requests, one at a time (see CASES). Each must be answered as its
    case expects (4xx or 503 for most) within 1 s, while the serving process's RSS, sampled
    every 20 ms, rises at most 128 MiB above its level just before, and `/health/live`,
    polled every 10 ms, keeps a p99 under 100 ms. Two cases need a process of their own: an
@@ -31,27 +31,22 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
-import platform
 import resource
 import statistics
 import sys
-import tempfile
 import threading
 import time
-import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack, redirect_stdout
-from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
-from importlib.metadata import version as package_version
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 
-from bench import attacks, load, options, report
+from bench import attacks, load, options
 from bench.analysis import Goal, fmt
 from bench.probes import LiveProbe, RssProbe, rss_kib
 from bench.processes import ROOT, Process, registry, start_serving
@@ -109,13 +104,7 @@ QUICK: dict[str, Any] = {
 }
 
 
-@dataclass
-class Run:
-    """Everything a run records: its configuration, conditions, and each part's measurements."""
-
-    config: Config
-    meta: dict[str, Any] = field(default_factory=dict)
-    parts: dict[str, Any] = field(default_factory=dict)
+Run = options.Run[Config]
 
 
 # -- requests ------------------------------------------------------------------------------------
@@ -213,9 +202,10 @@ CASES = (
 BY_NAME = {case.name: case for case in CASES}
 
 
-def case_deadline(cfg: Config, name: str) -> float:
+def case_deadline(config: Mapping[str, Any], name: str) -> float:
     """Seconds within which the case must be answered (a stalled body gets the body timeout)."""
-    return cfg.answer_within_s + (cfg.body_timeout_s if name == "stalled-body" else 0)
+    stalled_body = config["body_timeout_s"] if name == "stalled-body" else 0
+    return float(config["answer_within_s"] + stalled_body)
 
 
 # -- the cases -----------------------------------------------------------------------------------
@@ -266,7 +256,7 @@ def attack(stack: Stack, cfg: Config, name: str) -> Attack:
     if name == "huge-header":
         return lambda: [asdict(attacks.huge_header(host, port, path, cfg.header_bytes, 30))]
     if name == "stalled-body":
-        length, give_up = 5 * 2**20 - 1, case_deadline(cfg, name) + 10
+        length, give_up = 5 * 2**20 - 1, case_deadline(asdict(cfg), name) + 10
         return lambda: [asdict(attacks.stalled_body(host, port, path, length, 10_000, give_up))]
     if name == "tag-1e308":
         return lambda: hostile_tag(stack, cfg)
@@ -355,7 +345,7 @@ def empty_admin_token(cfg: Config, start: Callable[..., Process]) -> dict[str, A
     """A process given MODELYARD_ADMIN_TOKEN= : refuses to start, or refuses header-less admin."""
     process = start("serving-empty-token", [MODEL], admin_token="")
     try:
-        process.wait_until(lambda: process_up(process), timeout_s=120)
+        process.wait_ready("/health/live", timeout_s=120)
     except Exception:  # it exited: the setting refused at start
         return {
             "answers": [{"status": None, "refused_to_start": True, "seconds": 0.0}],
@@ -372,17 +362,11 @@ def empty_admin_token(cfg: Config, start: Callable[..., Process]) -> dict[str, A
         process.stop()
 
 
-def process_up(process: Process) -> bool:
-    from bench.processes import http_status
-
-    return http_status(process.base_url + "/health/live", timeout_s=1) == 200
-
-
 def cold_start(cfg: Config, start: Callable[..., Process]) -> dict[str, Any]:
     """/invocations on a process whose only model takes 60 s to load."""
     process = start("serving-cold", [COLD_MODEL])
     try:
-        process.wait_until(lambda: process_up(process), timeout_s=120, poll_s=0.05)
+        process.wait_ready("/health/live", timeout_s=120, poll_s=0.05)
         url = f"{process.base_url}/invocations"
         body = json.dumps({"dataframe_split": {"columns": ["a"], "data": [[0.0]]}}).encode()
         return measured(process.pid, process.base_url, cfg.settle_s, lambda: [post(url, body)])
@@ -461,11 +445,15 @@ class OpenLoop:
 
     def record(self) -> dict[str, Any]:
         """Answers by alias and status; production answers other than 200."""
-        by = _count(f"{a.get('alias')}:{a.get('status')}" for a in self.answers)
+        by = Counter(f"{a.get('alias')}:{a.get('status')}" for a in self.answers)
         failed = sum(
             1 for a in self.answers if a.get("alias") == "production" and a["status"] != 200
         )
-        return {"requests": len(self.answers), "by_alias_status": by, "production_errors": failed}
+        return {
+            "requests": len(self.answers),
+            "by_alias_status": dict(by),
+            "production_errors": failed,
+        }
 
 
 def hang(run: Run, stack: Stack, versions: Mapping[str, str], workdir: Path) -> None:
@@ -512,22 +500,13 @@ def wait_serving(process: Process, model: str, alias: str, version: str) -> None
     process.wait_until(done, timeout_s=120, poll_s=0.1)
 
 
-def _count(values: Any) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for value in values:
-        counts[value] = counts.get(value, 0) + 1
-    return counts
-
-
 # -- goals ---------------------------------------------------------------------------------------
 
 
 def case_goal(config: Mapping[str, Any], name: str, record: Mapping[str, Any]) -> Goal:
     """Met when every answer is right and in time, RSS and liveness stayed bounded."""
     case = BY_NAME[name]
-    deadline = config["answer_within_s"] + (
-        config["body_timeout_s"] if name == "stalled-body" else 0
-    )
+    deadline = case_deadline(config, name)
     answers = record["answers"]
     right = all(case.accept(a) for a in answers)
     slowest = max((a.get("seconds") or 0.0 for a in answers), default=0.0)
@@ -701,59 +680,16 @@ def execute(run: Run, workdir: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from bench.swap import to_json
-
     cfg, args = options.parse_args(
         argv, (__doc__ or "").split("\n")[0], Config(), QUICK, RESULTS, PARTS
     )
     if args.show:
-        results = json.loads(args.show.read_text())
-        print(report.goal_table(goals(results["config"], results["parts"])))
-        return 0
+        return options.show(args.show, goals)
     load.require_wrk()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("mlflow", "urllib3", "botocore", "alembic", "registry", "training", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore")
-    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    output = args.output or (
-        Path(tempfile.gettempdir()) / "modelyard-hostile-quick.json" if args.quick else RESULTS
+    options.quiet_logs()
+    return options.run_parts(
+        "hostile", Run(cfg), args, execute, goals, open_files_limit=raise_open_files()
     )
-    run = Run(cfg)
-    run.meta = {
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "python": platform.python_version(),
-        "mlflow": package_version("mlflow"),
-        "open_files_limit": raise_open_files(),
-        "loadavg_at_start": list(os.getloadavg()),
-    }
-    began = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix="modelyard-hostile-"))
-    try:
-        execute(run, workdir)
-    finally:
-        run.meta["duration_s"] = time.monotonic() - began
-        run.meta["loadavg_at_end"] = list(os.getloadavg())
-        run.meta["workdir"] = str(workdir) if args.keep else None
-        if not args.keep:
-            import shutil
-
-            shutil.rmtree(workdir, ignore_errors=True)
-    config = asdict(cfg)
-    judged = goals(config, run.parts)
-    document = {
-        "meta": run.meta,
-        "config": config,
-        "goals": [asdict(g) for g in judged],
-        "parts": run.parts,
-    }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(to_json(document) + "\n")
-    print()
-    print(report.goal_table(judged))
-    print(f"\n{report.goal_summary(judged)}; {run.meta['duration_s']:.0f} s; results: {output}")
-    return 0 if all(g.met is not False for g in judged) else 1
 
 
 if __name__ == "__main__":

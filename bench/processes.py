@@ -18,7 +18,7 @@ from typing import Any
 
 import requests
 
-from modelyard.processes import Child, free_port, start_tracking_server
+from modelyard.processes import Child, TrackingServer, free_port, start_tracking_server
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -123,38 +123,55 @@ def base_env(tracking_uri: str | None = None) -> dict[str, str]:
     return env
 
 
+def start_s3(workdir: Path, stack: ExitStack, core: str | None = None) -> str:
+    """moto's S3 server holding the empty bucket BUCKET, stopped with `stack`; its URL."""
+    import boto3
+
+    port = free_port()
+    command = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    s3 = spawn("s3", command, base_env(), workdir, port, core)
+    stack.callback(s3.stop)
+    s3.wait_ready("/moto-api/", timeout_s=60)
+    boto3.client(
+        "s3",
+        endpoint_url=s3.base_url,
+        region_name=S3_ENV["AWS_DEFAULT_REGION"],
+        aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"],
+    ).create_bucket(Bucket=BUCKET)
+    return s3.base_url
+
+
+def start_mlflow(
+    workdir: Path,
+    s3_url: str,
+    port: int,
+    env: Mapping[str, str] | None = None,
+    core: str | None = None,
+) -> TrackingServer:
+    """`mlflow server` on `port`, SQLite in `workdir`, artifacts proxied to BUCKET at `s3_url`."""
+    return start_tracking_server(
+        backend_store_uri=f"sqlite:///{workdir / 'mlflow.db'}",
+        artifacts_destination=f"s3://{BUCKET}/artifacts",
+        s3=S3_ENV | {"MLFLOW_S3_ENDPOINT_URL": s3_url},
+        webhook_key=WEBHOOK_KEY,
+        host="127.0.0.1",
+        port=port,
+        log=workdir / "mlflow-server.log",
+        timeout_s=120,
+        env=env,
+        cpu=core,
+    )
+
+
 @contextmanager
 def registry(workdir: Path, core: str | None = None) -> Iterator[str]:
     """moto's S3 server and `mlflow server` (SQLite, artifacts proxied to S3); yields its URI."""
-    import boto3
-
     with ExitStack() as stack:
-        s3_port = free_port()
-        command = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)]
-        s3 = spawn("s3", command, base_env(), workdir, s3_port, core)
-        stack.callback(s3.stop)
-        s3.wait_ready("/moto-api/", timeout_s=60)
-        boto3.client(
-            "s3",
-            endpoint_url=s3.base_url,
-            region_name=S3_ENV["AWS_DEFAULT_REGION"],
-            aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"],
-        ).create_bucket(Bucket=BUCKET)
-        server = start_tracking_server(
-            backend_store_uri=f"sqlite:///{workdir / 'mlflow.db'}",
-            artifacts_destination=f"s3://{BUCKET}/artifacts",
-            s3=S3_ENV | {"MLFLOW_S3_ENDPOINT_URL": s3.base_url},
-            webhook_key=WEBHOOK_KEY,
-            host="127.0.0.1",
-            port=free_port(),
-            log=workdir / "mlflow-server.log",
-            timeout_s=120,
-            # The server caches its webhook list per worker (60 s by default): a webhook
-            # created during the run would otherwise not fire for a minute.
-            env={"MLFLOW_WEBHOOK_CACHE_TTL": "1"},
-            cpu=core,
-        )
+        s3_url = start_s3(workdir, stack, core)
+        # The server caches its webhook list per worker (60 s by default): a webhook created
+        # during the run would otherwise not fire for a minute.
+        server = start_mlflow(workdir, s3_url, free_port(), {"MLFLOW_WEBHOOK_CACHE_TTL": "1"}, core)
         stack.callback(server.child.stop, 30)
         yield server.uri
 

@@ -102,7 +102,8 @@ class RegistryProxy:
                     self._answer(status, made_up, "application/json")
                     return
                 if ARTIFACTS in self.path:
-                    proxy.artifact_downloads += 1
+                    with proxy._lock:  # handlers run in threads of their own
+                        proxy.artifact_downloads += 1
                     time.sleep(proxy.artifact_delay_s)
                 self._forward(body)
 
@@ -123,7 +124,8 @@ class RegistryProxy:
                 except requests.RequestException:
                     self._answer(502, b"upstream unreachable", "text/plain")
                     return
-                proxy.forwarded += 1
+                with proxy._lock:
+                    proxy.forwarded += 1
                 kind = answer.headers.get("Content-Type", "application/octet-stream")
                 self._answer(answer.status_code, answer.content, kind)
 

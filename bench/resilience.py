@@ -31,41 +31,34 @@ import io
 import json
 import logging
 import os
-import platform
 import random
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager, redirect_stdout, suppress
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
-from importlib.metadata import version as package_version
+from contextlib import ExitStack, contextmanager, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from bench import load, options, report
+from bench import load, options
 from bench.analysis import Goal, fmt
 from bench.processes import (
-    BIN,
-    BUCKET,
     ROOT,
-    S3_ENV,
-    WEBHOOK_KEY,
     Process,
     base_env,
     http_status,
-    spawn,
+    start_mlflow,
+    start_s3,
     start_serving,
 )
 from bench.proxy import RegistryProxy
-from modelyard.processes import TrackingServer, free_port, start_tracking_server
+from bench.swap import copy_version, one_row_body, wait_for, watcher_events
+from modelyard.processes import TrackingServer, free_port
 
 RESULTS = ROOT / "bench" / "results" / "resilience.json"
 PARTS = ("outage", "hostile-registry", "downloads", "gate")
@@ -133,13 +126,7 @@ QUICK: dict[str, Any] = {
 }
 
 
-@dataclass
-class Run:
-    """Everything a run records: its configuration, conditions, and each part's measurements."""
-
-    config: Config
-    meta: dict[str, Any] = field(default_factory=dict)
-    parts: dict[str, Any] = field(default_factory=dict)
+Run = options.Run[Config]
 
 
 # -- a registry that can go away -----------------------------------------------------------------
@@ -149,23 +136,9 @@ class Registry:
     """moto's S3 server and an `mlflow server` on a fixed port that can be stopped and started."""
 
     def __init__(self, workdir: Path, stack: ExitStack) -> None:
-        import boto3
-
         self.workdir = workdir
         self.port = free_port()
-        port = free_port()
-        command = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
-        s3 = spawn("s3", command, base_env(), workdir, port)
-        stack.callback(s3.stop)
-        s3.wait_ready("/moto-api/", timeout_s=60)
-        boto3.client(
-            "s3",
-            endpoint_url=s3.base_url,
-            region_name=S3_ENV["AWS_DEFAULT_REGION"],
-            aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"],
-        ).create_bucket(Bucket=BUCKET)
-        self.s3_url = s3.base_url
+        self.s3_url = start_s3(workdir, stack)
         self.server: TrackingServer | None = None
         stack.callback(self.stop)
         self.start()
@@ -176,16 +149,7 @@ class Registry:
 
     def start(self) -> float:
         """Start `mlflow server`; seconds until it answered."""
-        self.server = start_tracking_server(
-            backend_store_uri=f"sqlite:///{self.workdir / 'mlflow.db'}",
-            artifacts_destination=f"s3://{BUCKET}/artifacts",
-            s3=S3_ENV | {"MLFLOW_S3_ENDPOINT_URL": self.s3_url},
-            webhook_key=WEBHOOK_KEY,
-            host="127.0.0.1",
-            port=self.port,
-            log=self.workdir / "mlflow-server.log",
-            timeout_s=120,
-        )
+        self.server = start_mlflow(self.workdir, self.s3_url, self.port)
         return self.server.ready_s
 
     def stop(self) -> None:
@@ -195,18 +159,6 @@ class Registry:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float, poll_s: float = 0.05) -> Any:
-    """The first truthy value of `predicate`, or None after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with suppress(requests.RequestException, ValueError):
-            if value := predicate():
-                return value
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(poll_s)
 
 
 def get_json(process: Process, path: str) -> Any:
@@ -219,29 +171,20 @@ def served_versions(process: Process, model: str) -> dict[str, str]:
     return {alias: slot["version"] for alias, slot in aliases.items() if slot.get("version")}
 
 
-def one_row_body() -> bytes:
-    from training.datasets import load_split
+def three_versions(client: Any, model: str) -> tuple[dict[str, str], str]:
+    """Versions of a fault model `model`: production and staging on two, and one more to move
+    an alias to."""
+    from training.faults import register_fault_model
 
-    row = load_split("breast-cancer").x_holdout.head(1)
-    split = {"columns": list(row.columns), "data": row.values.tolist()}
-    return json.dumps({"dataframe_split": split}).encode()
-
-
-def copy_version(client: Any, name: str, version: str) -> str:
-    """Another version of `name` from the model `version` logged (no second log_model)."""
-    from registry import versions
-
-    source = client.get_model_version(name, version)
-    model_id = source.model_id or source.source.removeprefix("models:/")
-    return versions.register(
-        client, source.source, name, run_id=source.run_id, model_id=model_id
-    ).version
+    production = register_fault_model(model, client, alias="production").version
+    staging = copy_version(client, model, production).version
+    client.set_registered_model_alias(model, "staging", staging)
+    moved_to = copy_version(client, model, production).version
+    return {"production": production, "staging": staging}, moved_to
 
 
 def load_seconds(process: Process, model: str, version: str) -> float | None:
     """The load and warm-up time the serving log gives for `version` of `model`."""
-    from bench.swap import watcher_events
-
     swaps = watcher_events(process.log_records(), model)["swaps"]
     return next((s["load_s"] for s in reversed(swaps) if s["version"] == version), None)
 
@@ -280,15 +223,9 @@ def ready_with(
 
 
 def outage(run: Run, registry: Registry, client: Any, workdir: Path) -> None:
-    from training.faults import register_fault_model
-
     cfg = run.config
     model = "resilience-outage"
-    production = register_fault_model(model, client, alias="production").version
-    staging = copy_version(client, model, production)
-    client.set_registered_model_alias(model, "staging", staging)
-    moved_to = copy_version(client, model, production)
-    before = {"production": production, "staging": staging}
+    before, moved_to = three_versions(client, model)
     state = {"state_dir": str(workdir / "state-outage")}
     with serving("first", registry.uri, workdir, cfg, [model], **state) as first:
         first_ready_s = ready_with(first, model, before, 240)
@@ -352,15 +289,10 @@ def stale_flagged(record: Mapping[str, Any]) -> bool:
 
 def hostile_registry(run: Run, registry: Registry, client: Any, workdir: Path) -> None:
     from serving.traffic import TAG
-    from training.faults import register_fault_model
 
     cfg = run.config
     model = "resilience-hostile"
-    production = register_fault_model(model, client, alias="production").version
-    staging = copy_version(client, model, production)
-    client.set_registered_model_alias(model, "staging", staging)
-    moved_to = copy_version(client, model, production)
-    expected = {"production": production, "staging": staging}
+    expected, moved_to = three_versions(client, model)
     with (
         RegistryProxy(registry.uri, cfg.seed) as proxy,
         serving("hostile", proxy.uri, workdir, cfg, [model]) as process,
@@ -428,7 +360,7 @@ def downloads(run: Run, registry: Registry, client: Any, workdir: Path) -> None:
             reference = answer(process, model, body)
         files = proxy.artifact_downloads
         for i in range(cfg.kills):
-            version = copy_version(client, model, version)
+            version = copy_version(client, model, version).version
             client.set_registered_model_alias(model, "production", version)
             before = proxy.artifact_downloads
             at_file = rng.randint(1, max(1, files))
@@ -701,52 +633,13 @@ def execute(run: Run, workdir: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from bench.swap import to_json
-
     cfg, args = options.parse_args(
         argv, (__doc__ or "").split("\n")[0], Config(), QUICK, RESULTS, PARTS
     )
     if args.show:
-        results = json.loads(args.show.read_text())
-        print(report.goal_table(goals(results["config"], results["parts"])))
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("mlflow", "urllib3", "botocore", "alembic", "registry", "training", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore")
-    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    output = args.output or (
-        Path(tempfile.gettempdir()) / "modelyard-resilience-quick.json" if args.quick else RESULTS
-    )
-    run = Run(cfg)
-    run.meta = {
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "python": platform.python_version(),
-        "mlflow": package_version("mlflow"),
-        "loadavg_at_start": list(os.getloadavg()),
-    }
-    began = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix="modelyard-resilience-"))
-    try:
-        execute(run, workdir)
-    finally:
-        run.meta["duration_s"] = time.monotonic() - began
-        run.meta["loadavg_at_end"] = list(os.getloadavg())
-        run.meta["workdir"] = str(workdir) if args.keep else None
-        if not args.keep:
-            import shutil
-
-            shutil.rmtree(workdir, ignore_errors=True)
-    config = asdict(cfg)
-    judged = goals(config, run.parts)
-    document = {"meta": run.meta, "config": config, "goals": [asdict(g) for g in judged]}
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(to_json(document | {"parts": run.parts}) + "\n")
-    print()
-    print(report.goal_table(judged))
-    print(f"\n{report.goal_summary(judged)}; {run.meta['duration_s']:.0f} s; results: {output}")
-    return 0 if all(g.met is not False for g in judged) else 1
+        return options.show(args.show, goals)
+    options.quiet_logs()
+    return options.run_parts("resilience", Run(cfg), args, execute, goals)
 
 
 if __name__ == "__main__":

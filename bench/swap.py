@@ -38,22 +38,22 @@ import random
 import sys
 import tempfile
 import time
-import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, redirect_stdout
-from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
-from importlib.metadata import version as package_version
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 
-from bench import analysis, load, report
+from bench import analysis, load, options, report
 from bench import swap_checks as checks
 from bench.analysis import NO_SHADOW, WITH_SHADOW
 from bench.processes import ROOT, Process, registry, start_serving
+
+if TYPE_CHECKING:
+    from registry.refs import ModelRef
 
 RESULTS = ROOT / "bench" / "results" / "swap.json"
 MODEL = "swap-bench"
@@ -109,13 +109,7 @@ QUICK = {
 }
 
 
-@dataclass
-class Run:
-    """Everything a run records: its configuration, conditions, and each part's measurements."""
-
-    config: Config
-    meta: dict[str, Any] = field(default_factory=dict)
-    parts: dict[str, Any] = field(default_factory=dict)
+Run = options.Run[Config]
 
 
 # -- small helpers -------------------------------------------------------------------------------
@@ -206,6 +200,18 @@ def watcher_events(records: Sequence[dict[str, Any]], model: str) -> dict[str, A
 # -- registry ------------------------------------------------------------------------------------
 
 
+def copy_version(client: Any, name: str, version: str, to: str | None = None) -> ModelRef:
+    """A new version of `to` (by default `name`) from the model that `version` of `name`
+    logged: no second log_model."""
+    from registry import versions
+
+    source = client.get_model_version(name, version)
+    model_id = source.model_id or source.source.removeprefix("models:/")
+    return versions.register(
+        client, source.source, to or name, run_id=source.run_id, model_id=model_id
+    )
+
+
 @dataclass
 class Registered:
     """The versions the benchmark registers."""
@@ -223,7 +229,6 @@ def register(uri: str, cfg: Config) -> Registered:
     """Log the models once, register each as many versions as needed, set aliases and tags."""
     from registry import versions
     from registry.client import connect
-    from registry.refs import ModelRef
     from serving.traffic import TAG
     from training.faults import register_fault_model
     from training.run import TrainSpec, train
@@ -233,11 +238,7 @@ def register(uri: str, cfg: Config) -> Registered:
 
     def copy(ref: ModelRef, name: str, alias: str | None = None) -> str:
         """One more version of `name` from the model `ref` logged (no second log_model)."""
-        source = client.get_model_version(ref.name, ref.version)
-        model_id = source.model_id or source.source.removeprefix("models:/")
-        new = versions.register(
-            client, source.source, name, run_id=source.run_id, model_id=model_id
-        )
+        new = copy_version(client, ref.name, ref.version, name)
         if alias:
             versions.set_alias(client, new, alias)
         return new.version
@@ -870,22 +871,6 @@ def execute(run: Run, workdir: Path) -> None:
             shadow_latency(run, with_shadow, without, workdir)
 
 
-# -- output --------------------------------------------------------------------------------------
-
-
-def to_json(value: Any, depth: int = 0) -> str:
-    """Indented JSON, except that a list of plain values stays on one line."""
-    pad, inner = " " * depth, " " * (depth + 1)
-    if isinstance(value, dict) and value:
-        items = [f"{inner}{json.dumps(str(k))}: {to_json(v, depth + 1)}" for k, v in value.items()]
-        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
-    if isinstance(value, (list, tuple)) and value:
-        if all(not isinstance(v, (dict, list, tuple)) for v in value):
-            return json.dumps(list(value), default=str)
-        return "[\n" + ",\n".join(inner + to_json(v, depth + 1) for v in value) + f"\n{pad}]"
-    return json.dumps(value, default=str)
-
-
 def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run; JSON to a temp file")
@@ -925,14 +910,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
 def main(argv: Sequence[str] | None = None) -> int:
     cfg, args = parse_args(argv)
     if args.show:
-        results = json.loads(args.show.read_text())
-        print(report.goal_table(analysis.swap_goals(results["config"], results["parts"])))
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("mlflow", "urllib3", "botocore", "alembic", "registry", "training", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore")
-    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+        return options.show(args.show, analysis.swap_goals)
+    options.quiet_logs()
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     if "shadow" in cfg.parts and len(os.sched_getaffinity(0)) < 2:
         raise SystemExit("error: the shadow part needs 2 usable cores (servers on 0, wrk on 1)")
@@ -940,11 +919,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(tempfile.gettempdir()) / "modelyard-swap-quick.json" if args.quick else RESULTS
     )
     run = Run(cfg)
-    run.meta = {
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "python": platform.python_version(),
-        "mlflow": package_version("mlflow"),
+    run.meta = options.conditions() | {
         "machine": {
             "cpus": os.cpu_count(),
             "usable_cpus": len(os.sched_getaffinity(0)),
@@ -964,16 +939,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             import shutil
 
             shutil.rmtree(workdir, ignore_errors=True)
-    config = asdict(cfg)
-    goals = analysis.swap_goals(config, run.parts)
-    document = {
-        "meta": run.meta,
-        "config": config,
-        "goals": [asdict(g) for g in goals],
-        "parts": run.parts,
-    }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(to_json(document) + "\n")
+    goals = options.write_results(run, output, analysis.swap_goals)
     print()
     print(report.goal_table(goals))
     machine = run.meta["machine"]
@@ -982,7 +948,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{machine['loadavg_at_start']} -> {machine['loadavg_at_end']} on {os.cpu_count()} cpus; "
         f"results: {output}"
     )
-    return 0 if all(g.met is not False for g in goals) else 1
+    return options.exit_code(goals)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
 """The hostile and resilience benchmarks judge their goals from recorded parts alone."""
 
 import json
+from dataclasses import asdict
+from types import ModuleType
 
-from bench import attacks, hostile, resilience
+import pytest
+
+from bench import attacks, hostile, options, resilience
 from bench.probes import percentile
 
 
@@ -78,3 +82,25 @@ def test_bodies_are_what_the_cases_say():
 def test_percentile_is_nearest_rank():
     assert percentile(list(range(1, 101)), 99) == 99
     assert percentile([], 99) is None
+
+
+@pytest.mark.parametrize("bench", [hostile, resilience], ids=["hostile", "resilience"])
+def test_committed_goals_are_judged_from_the_committed_parts(bench: ModuleType):
+    results = json.loads(bench.RESULTS.read_text())
+    judged = bench.goals(results["config"], results["parts"])
+    assert [asdict(goal) for goal in judged] == results["goals"]
+
+
+def test_quick_run_writes_a_temporary_file_and_only_limits_the_parts():
+    def parse(*argv: str):
+        return options.parse_args(
+            argv, "", hostile.Config(), hostile.QUICK, hostile.RESULTS, hostile.PARTS
+        )
+
+    cfg, args = parse("--quick", "--only", "cases,hang")
+    assert (cfg.parts, cfg.repeats) == (("cases", "hang"), hostile.QUICK["repeats"])
+    assert args.output.name == "modelyard-hostile-quick.json"
+    cfg, args = parse()
+    assert (cfg, args.output) == (hostile.Config(), hostile.RESULTS)
+    with pytest.raises(SystemExit):
+        parse("--only", "cases,nonsense")

@@ -4,9 +4,9 @@
 # (default_permission = READ). The admin is created on the first start from
 # MLFLOW_AUTH_ADMIN_PASSWORD; users.py adds serving's read-only user. Users and grants live
 # in the backend store's database (MLFLOW_BACKEND_STORE_URI), beside MLflow's own tables.
-# A password check is a PBKDF2 hash (about a second of CPU): each worker remembers a good
-# one for 60 s, or every poll of every serving replica would pay it (a changed password
-# reaches the other workers within those 60 s).
+# A password check is a deliberately slow hash: each worker remembers a good one for 60 s,
+# or every poll of every serving replica would pay it (a changed password reaches the other
+# workers within those 60 s).
 # Arguments are passed on to `mlflow server`.
 set -eu
 umask 077
