@@ -82,6 +82,16 @@ class UnknownAlias(ServingError):
         super().__init__(f"model '{model}' has no served alias '{alias}'")
 
 
+class UnknownVersion(ServingError):
+    """The model is served, but no alias serves this version now."""
+
+    status_code = 404
+    error_code = "RESOURCE_DOES_NOT_EXIST"
+
+    def __init__(self, model: str, version: str) -> None:
+        super().__init__(f"model '{model}' serves no version '{version}' now")
+
+
 class ModelNotReady(ServingError):
     """The slot has no loaded version yet."""
 

@@ -5,7 +5,7 @@ import json
 import re
 from dataclasses import dataclass
 from io import BytesIO, StringIO
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
@@ -42,6 +42,41 @@ class Decoded:
     batch: Batch | None = None
     data: Any = None
     params: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """An answer's body, its media type and the headers that describe it."""
+
+    body: bytes
+    media_type: str = JSON
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class Codec(Protocol):
+    """The two ends of a prediction protocol: a request's body read for a version's
+    signature, and predictions written as its answer. One object serves one request."""
+
+    def decode(
+        self, body: bytes, content_type: str | None, spec: InputSpec | None, schema: Schema | None
+    ) -> Decoded: ...
+
+    def encode(self, predictions: Any) -> Encoded: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Scoring:
+    """MLflow's scoring protocol, within `limits`."""
+
+    limits: DecodeLimits = DEFAULT_LIMITS
+
+    def decode(
+        self, body: bytes, content_type: str | None, spec: InputSpec | None, schema: Schema | None
+    ) -> Decoded:
+        return decode(body, content_type, spec, schema, limits=self.limits)
+
+    def encode(self, predictions: Any) -> Encoded:
+        return Encoded(encode(predictions))
 
 
 def decode(

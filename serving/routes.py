@@ -272,7 +272,9 @@ async def _predict(
 def _response(outcome: Outcome) -> Response:
     """The predictions or the error, with headers naming the request and the version routed to."""
     if outcome.error is None:
-        response: Response = Response(outcome.body, media_type="application/json")
+        response: Response = Response(
+            outcome.body, media_type=outcome.media_type, headers=dict(outcome.headers)
+        )
         if outcome.extra_columns:
             response.headers["X-Ignored-Columns"] = ignored_columns(outcome.extra_columns)
     else:

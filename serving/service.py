@@ -4,7 +4,6 @@ import asyncio
 import functools
 import logging
 import random
-import threading
 import time
 import uuid
 from concurrent.futures import Future
@@ -20,15 +19,15 @@ from serving.errors import (
     PredictTimeout,
     ServingError,
     UnknownModel,
+    UnknownVersion,
     VersionStuck,
 )
 from serving.limits import DecodeLimits
 from serving.logs import TracebackLimiter
 from serving.metrics import Metrics
 from serving.model import LoadedModel
-from serving.pool import PredictPool
 from serving.settings import ServingSettings
-from serving.shadow import Agreement
+from serving.shadow import ShadowScorer
 from serving.slots import ServedModel, SlotTable
 from serving.status import Readiness, Status, check_model, check_process, describe
 from serving.watcher import Watcher
@@ -37,10 +36,6 @@ from serving.webhooks import Verifier
 logger = logging.getLogger("serving.requests")
 events = logging.getLogger(__name__)
 
-SHADOW_BACKLOG = 16
-"""Shadow predictions queued or running at most; beyond that a sample is skipped and counted."""
-NO_PREDICTIONS = protocol.encode([])
-"""The answer to a validated request of zero rows, for which no model is called."""
 INLINE_SLOWDOWN = 20
 """An inline predict this many times slower than MODELYARD_INLINE_BELOW_MS moves its version
 to its threads for good: on the event loop it held up every other request meanwhile."""
@@ -64,6 +59,9 @@ class Outcome:
     """Why the request got no predictions; None when it did."""
     body: bytes = b""
     """The encoded predictions, when `error` is None."""
+    media_type: str = protocol.JSON
+    headers: tuple[tuple[str, str], ...] = ()
+    """The answer's own headers, as its protocol writes them."""
     ref: ModelRef | None = None
     alias: str | None = None
     extra_columns: tuple[str, ...] = ()
@@ -80,7 +78,7 @@ class Outcome:
 
 
 class Service:
-    """Slots, watcher, metrics and the shadow thread of one serving process. Each loaded
+    """Slots, watcher, metrics and shadow scoring of one serving process. Each loaded
     version predicts on threads of its own (`LoadedModel.pool`)."""
 
     def __init__(self, settings: ServingSettings) -> None:
@@ -88,11 +86,9 @@ class Service:
         self.table = SlotTable()
         self.metrics = Metrics()
         self.watcher = Watcher(settings, self.table, self.metrics)
-        # Shadow scoring has a thread of its own and a bounded backlog: it never queues ahead
-        # of production predictions, a slow shadow cannot pile up work, one thread tallies.
-        self.shadow_pool = PredictPool(1, "shadow")
-        self._shadow_backlog = threading.BoundedSemaphore(SHADOW_BACKLOG)
+        self.shadow = ShadowScorer(self.metrics)
         self.limits = DecodeLimits.of(settings)
+        self.scoring = protocol.Scoring(self.limits)
         self._tracebacks = TracebackLimiter()
         self._suppressed: dict[tuple[str, str], int] = {}
         """Per version, failures logged without their traceback since the last one with it."""
@@ -116,7 +112,7 @@ class Service:
         self._draining = True
         stopping = asyncio.ensure_future(self._stop_following())
         await asyncio.wait({stopping}, timeout=STOP_TIMEOUT_S)
-        self.shadow_pool.shutdown()
+        self.shadow.stop()
         for served in self.table.models.values():
             for slot in served.slots.values():
                 if slot.current is not None:
@@ -175,13 +171,17 @@ class Service:
         request_id: str | None = None,
         started: float | None = None,
         key: str | None = None,
+        codec: protocol.Codec | None = None,
+        version: str | None = None,
     ) -> Outcome:
         """Route, decode, validate, predict and encode one request; count and log it.
 
         `name` None is the default model; `alias` None lets the traffic split choose, sticky by
         `routing_key`, among aliases that are loaded and not stuck (the required alias takes the
-        rest). `started` is the `time.perf_counter()` of the request's arrival (default: now).
-        A validated request of zero rows is answered with no predictions, without a model.
+        rest); `version` instead asks for the alias serving that version now. `started` is the
+        `time.perf_counter()` of the request's arrival (default: now). `codec` reads the body
+        and writes the answer (default: MLflow's scoring protocol). A validated request of zero
+        rows is answered with no predictions, without a model.
         """
         if started is None:
             started = time.perf_counter()
@@ -189,11 +189,14 @@ class Service:
         loaded: LoadedModel | None = None
         error: ServingError | None = None
         extra: tuple[str, ...] = ()
-        fallback, answer = False, b""
+        fallback, answer = False, protocol.Encoded(b"")
+        codec = codec or self.scoring
         try:
             name = name or self.default_model()
             served = self._served(name)
-            if alias is None:
+            if version is not None:
+                alias = _alias_serving(served, version)
+            elif alias is None:
                 choice = traffic.choose(
                     served.split, routing_key, served.available_aliases(), served.required_alias
                 )
@@ -204,24 +207,26 @@ class Service:
             pool = loaded.pool
             if pool.exhausted:
                 raise VersionStuck(name, alias, loaded.ref.version, pool.threads)
-            decoded = await self._decode(body, content_type, loaded)
+            decoded = await self._decode(codec, body, content_type, loaded)
             batch = decoded.batch
             if batch is not None and batch.extra:
                 extra = batch.extra
                 self.metrics.extra_columns.labels(name).inc()
             if batch is not None and batch.rows == 0:
-                answer = NO_PREDICTIONS
+                answer = codec.encode([])
             else:
                 predictions = await self._predict(loaded, alias, decoded)
                 if alias == served.required_alias and self._shadow_sampled(name):
                     self._shadow(served, loaded, decoded, predictions)
-                answer = protocol.encode(predictions)
+                answer = codec.encode(predictions)
         except ServingError as failure:
             error = failure
         outcome = Outcome(
             request_id,
             error,
-            answer,
+            answer.body,
+            answer.media_type,
+            answer.headers,
             ref=loaded.ref if loaded is not None else None,
             alias=alias if loaded is not None else None,
             extra_columns=extra,
@@ -282,43 +287,21 @@ class Service:
     def _shadow(
         self, served: ServedModel, primary: LoadedModel, decoded: protocol.Decoded, answer: Any
     ) -> None:
-        """Score the same request with the shadow alias in a thread; record agreement only."""
+        """Score the request with the shadow alias too, off the request path (if it is loaded)."""
         slot = served.slots.get(self.settings.shadow_alias)
         shadow = slot.current if slot is not None else None
-        if shadow is None or shadow is primary:
-            return
-        pair = (primary.ref.version, shadow.ref.version)
-        labels = (served.name, *pair)
-
-        if shadow.pool.exhausted or not self._shadow_backlog.acquire(blocking=False):
-            self.metrics.shadow_skipped.labels(*labels).inc()
-            return
-
-        def score() -> None:
-            """In the shadow thread: predict and tally (one thread: no racing updates)."""
-            try:
-                staging = shadow.predict(decoded)
-                tally = served.shadow.setdefault(pair, Agreement())
-                before = (tally.rows, tally.agreed)
-                tally.add(answer, staging)
-                self.metrics.shadow_rows.labels(*labels).inc(tally.rows - before[0])
-                self.metrics.shadow_agreed.labels(*labels).inc(tally.agreed - before[1])
-            except Exception:
-                self.metrics.shadow_errors.labels(*labels).inc()
-            finally:
-                self._shadow_backlog.release()
-
-        self.shadow_pool.submit(score)
+        if shadow is not None and shadow is not primary:
+            self.shadow.offer(served, primary, shadow, decoded, answer)
 
     async def _decode(
-        self, body: bytes, content_type: str | None, loaded: LoadedModel
+        self, codec: protocol.Codec, body: bytes, content_type: str | None, loaded: LoadedModel
     ) -> protocol.Decoded:
-        """The body read for `loaded`; a large one off the event loop."""
+        """The body read by `codec` for `loaded`; a large one off the event loop."""
         if len(body) > self.settings.decode_in_thread_bytes:
             return await asyncio.to_thread(
-                protocol.decode, body, content_type, loaded.spec, loaded.schema, limits=self.limits
+                codec.decode, body, content_type, loaded.spec, loaded.schema
             )
-        return protocol.decode(body, content_type, loaded.spec, loaded.schema, limits=self.limits)
+        return codec.decode(body, content_type, loaded.spec, loaded.schema)
 
     async def _predict(self, loaded: LoadedModel, alias: str, decoded: protocol.Decoded) -> Any:
         gauge = self.metrics.in_flight_of(loaded.ref.name)
@@ -399,3 +382,12 @@ class Service:
             exc_info=exc,
             extra=extra | {"tracebacks_suppressed": suppressed},
         )
+
+
+def _alias_serving(served: ServedModel, version: str) -> str:
+    """The alias whose slot serves `version` now (the required one first); 404 if none does."""
+    for alias in sorted(served.slots, key=lambda a: a != served.required_alias):
+        current = served.slots[alias].current
+        if current is not None and current.ref.version == version:
+            return alias
+    raise UnknownVersion(served.name, version)
