@@ -88,6 +88,13 @@ class Batch:
     arrays: tuple[np.ndarray, ...] = ()
     extra: tuple[str, ...] = ()
 
+    @property
+    def layout(self) -> tuple[Any, ...]:
+        """Batches with equal layouts concatenate row-wise: their names, and one float matrix
+        or the dtypes of their arrays."""
+        kinds = "matrix" if self.matrix is not None else tuple(a.dtype.str for a in self.arrays)
+        return (tuple(self.names), kinds)
+
     def frame(self) -> pd.DataFrame:
         """The batch as a DataFrame with the signature's columns, in its order."""
         if self.matrix is not None:
@@ -133,6 +140,17 @@ class Batch:
         if all(a is b for a, b in zip(arrays, self.arrays, strict=True)):
             return None
         return dataclasses.replace(self, arrays=tuple(arrays))
+
+
+def concatenated(batches: Sequence[Batch]) -> Batch:
+    """The rows of `batches`, which share one `layout`, as one batch, in order (no extras)."""
+    first = batches[0]
+    rows = sum(b.rows for b in batches)
+    if first.matrix is not None:
+        matrices = [b.matrix for b in batches if b.matrix is not None]
+        return Batch(first.names, rows, matrix=np.concatenate(matrices))
+    columns = zip(*(b.arrays for b in batches), strict=True)
+    return Batch(first.names, rows, arrays=tuple(np.concatenate(c) for c in columns))
 
 
 def from_rows(spec: InputSpec, columns: Sequence[Any], rows: Sequence[Any]) -> Batch:

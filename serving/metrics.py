@@ -16,6 +16,8 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from serving import logs
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+BATCH_ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+QUEUE_WAIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1)
 
 
 class Metrics:
@@ -24,6 +26,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        versioned = ["model", "alias", "version"]
         if (dropped := logs.dropped_lines()) is not None:
             r.register(dropped)
         self.requests = Counter(
@@ -35,7 +38,7 @@ class Metrics:
         self.latency = Histogram(
             "modelyard_request_duration_seconds",
             "Prediction latency, body read to response.",
-            ["model", "alias", "version"],
+            versioned,
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -50,7 +53,7 @@ class Metrics:
         self.load_seconds = Gauge(
             "modelyard_model_load_seconds",
             "Seconds the serving version took to load and warm up.",
-            ["model", "alias", "version"],
+            versioned,
             multiprocess_mode="livemax",
             registry=r,
         )
@@ -93,6 +96,21 @@ class Metrics:
             "Predict threads still running a predict that timed out.",
             ["model", "version"],
             multiprocess_mode="livesum",
+            registry=r,
+        )
+
+        self.batch_rows = Histogram(
+            "modelyard_batch_rows",
+            "Rows per predict made by the batcher (merged concurrent requests).",
+            versioned,
+            buckets=BATCH_ROWS_BUCKETS,
+            registry=r,
+        )
+        self.batch_queue_wait = Histogram(
+            "modelyard_batch_queue_wait_seconds",
+            "Time a request waited in its version's batcher before its predict started.",
+            versioned,
+            buckets=QUEUE_WAIT_BUCKETS,
             registry=r,
         )
 
@@ -149,7 +167,14 @@ class Metrics:
     def version_released(self, model: str, alias: str, version: str) -> None:
         """Drop every series of a version no longer served (its model unloaded)."""
         self.serving.labels(model, alias, version).set(0)
-        for metric in (self.serving, self.load_seconds, self.requests, self.latency):
+        for metric in (
+            self.serving,
+            self.load_seconds,
+            self.requests,
+            self.latency,
+            self.batch_rows,
+            self.batch_queue_wait,
+        ):
             _forget(metric, (model, alias, version))
 
     def in_flight_of(self, model: str) -> Gauge:
@@ -179,6 +204,8 @@ VERSIONED = {
     "modelyard_model_load_seconds",
     "modelyard_requests",
     "modelyard_request_duration_seconds",
+    "modelyard_batch_rows",
+    "modelyard_batch_queue_wait_seconds",
 }
 """Metrics labelled model, alias, version: shown only for versions some worker serves."""
 

@@ -28,6 +28,29 @@ Native = Callable[[Batch, dict[str, Any] | None], Any]
 WARMUP_CALLS = 20
 WARMUP_BUDGET_S = 2.0
 """Warm-up stops after WARMUP_CALLS predicts or this long, whichever comes first."""
+PROBE_ROWS = 32
+"""Warm-up times the example's first row alone and repeated to this many rows."""
+PROBE_CALLS = 5
+PROBE_BUDGET_S = 1.0
+"""The batch probe stops after PROBE_CALLS pairs of predicts or this long."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchProfile:
+    """Warm-up's measure of what merging requests into one predict saves."""
+
+    single_ms: float = 0.0
+    """The fastest predict of one row (the input example's first)."""
+    batch_ms: float = 0.0
+    """The fastest predict of that row repeated to `rows` rows."""
+    rows: int = PROBE_ROWS
+    problem: str | None = None
+    """Why this version's requests cannot be merged, if they cannot."""
+
+    @property
+    def speedup(self) -> float:
+        """How many times cheaper a row is in a batch of `rows` than alone."""
+        return self.single_ms * self.rows / self.batch_ms if self.batch_ms > 0 else 0.0
 
 
 class WarmupFailed(Exception):
@@ -57,6 +80,8 @@ class LoadedModel:
     accepts_missing: bool = True
     """False when warm-up showed it raising on a missing value its signature allows: requests
     holding one are then the client's mistake (400), not the model's failure (500)."""
+    batch_profile: BatchProfile = BatchProfile(problem="no input example to time batches on")
+    """What warm-up measured of merging requests (see serving.batching)."""
 
     @property
     def inline(self) -> bool:
@@ -149,6 +174,7 @@ def prepare(
             load_s=time.monotonic() - started,
             interface=contract.interface_of(pyfunc, output),
             accepts_missing=_accepts_missing(model, example),
+            batch_profile=_profile_batches(model, example),
         )
     )
 
@@ -179,6 +205,51 @@ def _accepts_missing(model: LoadedModel, example: protocol.Decoded) -> bool:
         logger.info("%s raises on missing values: requests holding one get 400", model.ref)
         return False
     return True
+
+
+def _profile_batches(model: LoadedModel, example: protocol.Decoded) -> BatchProfile:
+    """Time the example's first row alone and repeated to PROBE_ROWS rows (fastest calls:
+    what else ran on the machine meanwhile is no cost of the model's)."""
+    batch = example.batch
+    if batch is None or batch.rows == 0:
+        return BatchProfile(problem="inputs not validated here (no named-column signature)")
+    if example.params is not None:
+        return BatchProfile(problem="its input example carries params")
+    one = protocol.Decoded(batch=repeated(batch, 1))
+    many = protocol.Decoded(batch=repeated(batch, PROBE_ROWS))
+    single: list[float] = []
+    merged: list[float] = []
+    deadline = time.perf_counter() + PROBE_BUDGET_S
+    try:
+        while len(single) < PROBE_CALLS and (not single or time.perf_counter() < deadline):
+            for request, timings in ((one, single), (many, merged)):
+                began = time.perf_counter()
+                output = model.predict(request)
+                timings.append((time.perf_counter() - began) * 1000)
+                if request is many and answer_rows(output) != PROBE_ROWS:
+                    return BatchProfile(
+                        problem=f"its answer to {PROBE_ROWS} rows is not {PROBE_ROWS} rows long"
+                    )
+    except Exception as exc:
+        reason = protocol.first_line(str(exc) or type(exc).__name__)
+        return BatchProfile(problem=f"a predict of {PROBE_ROWS} rows failed at warm-up: {reason}")
+    return BatchProfile(min(single), min(merged))
+
+
+def repeated(batch: Batch, rows: int) -> Batch:
+    """`batch`'s rows, cycled to `rows` rows."""
+    take = np.arange(rows) % batch.rows
+    if batch.matrix is not None:
+        return Batch(batch.names, rows, matrix=batch.matrix[take])
+    return Batch(batch.names, rows, arrays=tuple(a[take] for a in batch.arrays))
+
+
+def answer_rows(answer: Any) -> int | None:
+    """Rows in a predict's answer (DataFrame, Series, list, array); None when it has none."""
+    if isinstance(answer, (pd.DataFrame, pd.Series, list)):
+        return len(answer)
+    shape = getattr(answer, "shape", None)
+    return int(shape[0]) if isinstance(shape, tuple) and shape else None
 
 
 def _example(pyfunc: PyFuncModel, spec: InputSpec | None) -> protocol.Decoded | None:

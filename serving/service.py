@@ -6,12 +6,14 @@ import logging
 import random
 import time
 import uuid
+import weakref
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 from registry.refs import ModelRef
 from serving import protocol, traffic
+from serving.batching import Batcher, BatchingStatus
 from serving.errors import (
     ModelFailed,
     ModelNotReady,
@@ -97,6 +99,10 @@ class Service:
         secret = settings.webhook_secret
         self.webhooks = Verifier(secret.get_secret_value()) if secret else None
         self._task: asyncio.Task[None] | None = None
+        self._batchers: weakref.WeakKeyDictionary[LoadedModel, Batcher] = (
+            weakref.WeakKeyDictionary()
+        )
+        """Per loaded version, its batcher (made on its first request, gone with it)."""
 
     async def start(self) -> None:
         """Begin following the registry; loads happen in the background."""
@@ -139,8 +145,32 @@ class Service:
     def status(self) -> Status:
         """Every served model: aliases, versions, states, errors, traffic and shadow agreement."""
         return describe(
-            self.table, self.watcher.registry_error, self.watcher.last_poll, self.watcher.health()
+            self.table,
+            self.watcher.registry_error,
+            self.watcher.last_poll,
+            self.watcher.health(),
+            batching=self.batching_of,
         )
+
+    def batching_of(self, loaded: LoadedModel, alias: str) -> BatchingStatus:
+        """How `loaded` (served by `alias`) batches: the choice, why, recent batch sizes."""
+        return self._batcher(loaded, alias).status()
+
+    def _batcher(self, loaded: LoadedModel, alias: str) -> Batcher:
+        """The batcher of `loaded` (served by `alias`), made under the settings on first use."""
+        batcher = self._batchers.get(loaded)
+        if batcher is None:
+            ref, settings = loaded.ref, self.settings
+            batcher = self._batchers[loaded] = Batcher.of(
+                loaded,
+                settings.batching,
+                max_rows=settings.batch_max_rows,
+                inline_below_ms=settings.inline_below_ms,
+                slow_inline_ms=INLINE_SLOWDOWN * settings.inline_below_ms,
+                rows_seen=self.metrics.batch_rows.labels(ref.name, alias, ref.version),
+                queue_wait=self.metrics.batch_queue_wait.labels(ref.name, alias, ref.version),
+            )
+        return batcher
 
     def default_model(self) -> str:
         """The model behind /invocations: the configured one, else the first served by name."""
@@ -151,7 +181,7 @@ class Service:
             raise NothingServed()
         return names[0]
 
-    def _served(self, name: str) -> ServedModel:
+    def served(self, name: str) -> ServedModel:
         """The served model `name`: 404 if it is not one to serve, 503 if not read yet."""
         try:
             return self.table.model(name)
@@ -193,9 +223,11 @@ class Service:
         codec = codec or self.scoring
         try:
             name = name or self.default_model()
-            served = self._served(name)
+            served = self.served(name)
             if version is not None:
-                alias = _alias_serving(served, version)
+                alias = served.alias_serving(version)
+                if alias is None:
+                    raise UnknownVersion(name, version)
             elif alias is None:
                 choice = traffic.choose(
                     served.split, routing_key, served.available_aliases(), served.required_alias
@@ -307,6 +339,9 @@ class Service:
         gauge = self.metrics.in_flight_of(loaded.ref.name)
         gauge.inc()
         try:
+            batcher = self._batcher(loaded, alias)
+            if batcher.takes(loaded, decoded):
+                return await self._predict_batched(loaded, batcher, decoded)
             if loaded.runs_inline(decoded):
                 return self._predict_inline(loaded, decoded)
             return await self._predict_in_thread(loaded, decoded)
@@ -342,6 +377,22 @@ class Service:
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout=limit)
         except TimeoutError:
             self._abandon(loaded, future)
+            raise PredictTimeout(
+                f"model '{loaded.ref.name}' did not answer within {limit} s"
+            ) from None
+
+    async def _predict_batched(
+        self, loaded: LoadedModel, batcher: Batcher, decoded: protocol.Decoded
+    ) -> Any:
+        """Merged with concurrent requests, within the deadline (time queued counts); a batch
+        all of whose members timed out is abandoned like a single call."""
+        waiting = batcher.submit(loaded, decoded)
+        limit = self.settings.predict_timeout_s
+        try:
+            return await asyncio.wait_for(waiting.future, timeout=limit)
+        except TimeoutError:
+            if (call := batcher.give_up(waiting)) is not None:
+                self._abandon(loaded, call)
             raise PredictTimeout(
                 f"model '{loaded.ref.name}' did not answer within {limit} s"
             ) from None
@@ -382,12 +433,3 @@ class Service:
             exc_info=exc,
             extra=extra | {"tracebacks_suppressed": suppressed},
         )
-
-
-def _alias_serving(served: ServedModel, version: str) -> str:
-    """The alias whose slot serves `version` now (the required one first); 404 if none does."""
-    for alias in sorted(served.slots, key=lambda a: a != served.required_alias):
-        current = served.slots[alias].current
-        if current is not None and current.ref.version == version:
-            return alias
-    raise UnknownVersion(served.name, version)

@@ -3,7 +3,7 @@
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import (
@@ -114,6 +114,15 @@ class ServingSettings(BaseSettings):
     )
     # Isolation between versions.
     predict_threads: int = Field(2, gt=0, description="Predict threads per loaded version.")
+    # Adaptive batching.
+    batching: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Merge concurrent requests into one predict: auto (versions whose warm-up "
+        "shows a batch far cheaper per row than single rows), on (every version) or off.",
+    )
+    batch_max_rows: int = Field(
+        64, gt=0, le=10_000, description="Rows one merged predict takes at most."
+    )
     # Access.
     api_keys_file: Path | None = Field(
         None, description="File of salted key hashes; set, prediction endpoints need a key."

@@ -81,6 +81,14 @@ class ServedModel:
         """Ready when the required alias has a loaded version."""
         return self.slots[self.required_alias].current is not None
 
+    def alias_serving(self, version: str) -> str | None:
+        """The alias whose slot serves `version` now (the required alias first), if any."""
+        for alias in sorted(self.slots, key=lambda a: a != self.required_alias):
+            current = self.slots[alias].current
+            if current is not None and current.ref.version == version:
+                return alias
+        return None
+
     def available_aliases(self) -> list[str]:
         """Aliases whose version can take traffic: loaded, and not stuck."""
         return [

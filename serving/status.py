@@ -4,12 +4,17 @@ Pure functions of the slot table, the settings and the watcher's last registry e
 routes that answer probes and status requests only turn these values into responses.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from serving.batching import BatchingStatus
 from serving.model import LoadedModel
 from serving.settings import ServingSettings
 from serving.slots import ServedModel, Slot, SlotTable, State
 from serving.traffic import Source
+
+Batching = Callable[[LoadedModel, str], BatchingStatus] | None
+"""How a loaded version batches (the service's batchers know), or None: not shown."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +75,8 @@ class PredictMode:
     """Threads still running a predict that timed out."""
     stuck: str | None
     """Why the version takes no traffic now, when all its threads are stuck."""
+    batching: BatchingStatus | None = None
+    """Whether concurrent requests are merged into one predict, why, and batch sizes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,18 +197,21 @@ def describe(
     registry_error: str | None,
     last_poll: float | None,
     health: RegistryHealth | None = None,
+    *,
+    batching: Batching = None,
 ) -> Status:
-    """The `/models` document: every served model, its aliases and traffic."""
+    """The `/models` document: every served model, its aliases and traffic; with `batching`,
+    how each loaded version batches."""
     return Status(
         registry_error,
         last_poll,
-        {name: _model_status(served) for name, served in table.models.items()},
+        {name: _model_status(served, batching) for name, served in table.models.items()},
         health.poll_age_s if health else None,
         health.stale if health else False,
     )
 
 
-def _model_status(served: ServedModel) -> ModelStatus:
+def _model_status(served: ServedModel, batching: Batching) -> ModelStatus:
     split = served.split
     return ModelStatus(
         ready=check_model(served).ready,
@@ -212,11 +222,11 @@ def _model_status(served: ServedModel) -> ModelStatus:
             # a copy: the shadow thread may add a pair while this runs
             for (production, shadow), tally in list(served.shadow.items())
         },
-        aliases={alias: _alias_status(slot) for alias, slot in served.slots.items()},
+        aliases={alias: _alias_status(slot, batching) for alias, slot in served.slots.items()},
     )
 
 
-def _alias_status(slot: Slot) -> AliasStatus:
+def _alias_status(slot: Slot, batching: Batching) -> AliasStatus:
     current = slot.current
     return AliasStatus(
         state=slot.state,
@@ -224,13 +234,13 @@ def _alias_status(slot: Slot) -> AliasStatus:
         run_id=current.ref.run_id if current else None,
         target=slot.loading,
         registry_version=slot.wanted,
-        predict=_predict_mode(current),
+        predict=_predict_mode(current, slot.alias, batching),
         last_error=slot.error,
         note=slot.note,
     )
 
 
-def _predict_mode(loaded: LoadedModel | None) -> PredictMode | None:
+def _predict_mode(loaded: LoadedModel | None, alias: str, batching: Batching) -> PredictMode | None:
     if loaded is None:
         return None
     return PredictMode(
@@ -243,4 +253,5 @@ def _predict_mode(loaded: LoadedModel | None) -> PredictMode | None:
         threads=loaded.pool.threads,
         threads_stuck=loaded.pool.stuck,
         stuck=stuck(loaded),
+        batching=batching(loaded, alias) if batching is not None else None,
     )

@@ -27,6 +27,8 @@ def _serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         ({"MODELYARD_REQUIRED_ALIAS": "canary"}, "required_alias 'canary'"),
         ({"MODELYARD_CONFIG": "/no/such/file.yaml"}, "MODELYARD_CONFIG"),
         ({"MODELYARD_API_KEYS_FILE": "/no/such/keys.yaml"}, "/no/such/keys.yaml"),
+        ({"MODELYARD_BATCHING": "sometimes"}, "MODELYARD_BATCHING"),
+        ({"MODELYARD_BATCH_MAX_ROWS": "0"}, "MODELYARD_BATCH_MAX_ROWS"),
     ],
 )
 def test_serve_bad_setting_exits_naming_it(env: dict[str, str], named: str):
