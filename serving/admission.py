@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from serving.errors import BodiesOverBudget, BodyTimeout, Overloaded, ServingError
-from serving.routes import error_response
 from serving.settings import ServingSettings
+from serving.v2_routes import error_response_for
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -55,7 +55,7 @@ class Admission:
         try:
             await self._admit(body, declared, scope, receive, send)
         except ServingError as error:
-            await error_response(error)(scope, receive, send)
+            await error_response_for(scope["path"], error)(scope, receive, send)
         finally:
             body.release()
 

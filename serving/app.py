@@ -5,14 +5,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from serving.admission import Admission
 from serving.auth import read_keyring
-from serving.errors import ServingError
-from serving.routes import error_response, router
+from serving.errors import BadRequest, ServingError
+from serving.routes import predictions, router
 from serving.service import Service
 from serving.settings import ServingSettings
+from serving.v2_routes import error_response_for
+from serving.v2_routes import router as v2_router
 
 
 def create_app(settings: ServingSettings | None = None) -> FastAPI:
@@ -37,6 +39,8 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         title="modelyard", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
     app.state.keyring = keyring
+    app.include_router(predictions)  # the prediction routes first: see `routes.predictions`
+    app.include_router(v2_router)
     app.include_router(router)
     app.add_exception_handler(ServingError, _serving_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -46,12 +50,10 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
 
 async def _serving_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServingError)
-    return error_response(exc)
+    return error_response_for(request.url.path, exc)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     where = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors()[:3])
-    return JSONResponse(
-        {"error_code": "BAD_REQUEST", "message": f"invalid request: {where}"}, status_code=400
-    )
+    return error_response_for(request.url.path, BadRequest(f"invalid request: {where}"))

@@ -6,7 +6,7 @@ import hmac
 import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from importlib.metadata import version
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -18,11 +18,16 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from serving import webhooks
 from serving.auth import Keyring, presented_key, scrub
 from serving.errors import BodyTimeout, BodyTooLarge, KeyRequired, ServingError, Unauthorized
+from serving.protocol import Codec
 from serving.service import Outcome, Service
 from serving.settings import ServingSettings
 from serving.webhooks import BadDelivery
 
+predictions = APIRouter()
+"""MLflow's scoring routes, matched first: a route is matched by trying every route before it
+(about 10 us each with FastAPI's included routers), and these are the hot ones."""
 router = APIRouter()
+"""Every other route of the scoring server, status and admin."""
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 """An X-Request-ID a client may choose; any other is replaced by a fresh one."""
@@ -72,13 +77,13 @@ INVOCATION_DOC: dict[str, Any] = {
 }
 
 
-@router.post("/invocations", openapi_extra=INVOCATION_DOC, tags=["predict"])
+@predictions.post("/invocations", openapi_extra=INVOCATION_DOC, tags=["predict"])
 async def invocations(request: Request, service: ServiceDep, keyring: KeyringDep) -> Response:
     """MLflow scoring protocol for the default model, A/B-routed."""
     return await _invoke(request, service, keyring, None, None)
 
 
-@router.post("/models/{name}/invocations", openapi_extra=INVOCATION_DOC, tags=["predict"])
+@predictions.post("/models/{name}/invocations", openapi_extra=INVOCATION_DOC, tags=["predict"])
 async def model_invocations(
     name: str, request: Request, service: ServiceDep, keyring: KeyringDep
 ) -> Response:
@@ -86,7 +91,7 @@ async def model_invocations(
     return await _invoke(request, service, keyring, name, None)
 
 
-@router.post(
+@predictions.post(
     "/models/{name}/aliases/{alias}/invocations", openapi_extra=INVOCATION_DOC, tags=["predict"]
 )
 async def alias_invocations(
@@ -212,29 +217,47 @@ async def _invoke(
     name: str | None,
     alias: str | None,
 ) -> Response:
-    """Check the request's key (when keys are on), let Service answer it, and write the
-    outcome as a response. A refused request is recorded like any other."""
+    """MLflow's scoring protocol: the request answered, its outcome as a response."""
+    return outcome_response(await prediction(request, service, keyring, name, alias))
+
+
+async def prediction(
+    request: Request,
+    service: Service,
+    keyring: Keyring | None,
+    name: str | None,
+    alias: str | None,
+    *,
+    codec: Codec | None = None,
+    version: str | None = None,
+) -> Outcome:
+    """Check the request's key (when keys are on), read its body and let Service answer it
+    with `codec` (default: MLflow's scoring protocol), routed by the split, pinned to `alias`
+    or to the alias serving `version`. A refused request is recorded like any other."""
     started = time.perf_counter()
     request_id = request_id_of(request.headers)
     if keyring is None:
-        return _response(await _predict(request, service, name, alias, request_id, started))
+        return await _predict(request, service, name, alias, request_id, started, codec, version)
     key_name = NO_KEY
     try:
         key = await keyring.authenticate(request.headers)
         key_name = key.name
         model = name or service.default_model()
-        allowance = keyring.admit(key, model, alias, service.settings.required_alias)
+        pinned = alias if version is None else _alias_serving(service, model, version)
+        allowance = keyring.admit(key, model, pinned, service.settings.required_alias)
     except ServingError as error:
         outcome = service.refused(
             error, name, alias, request_id=request_id, started=started, key=key_name
         )
     else:
         try:
-            outcome = await _predict(request, service, name, alias, request_id, started, key_name)
+            outcome = await _predict(
+                request, service, name, alias, request_id, started, codec, version, key_name
+            )
         finally:
             allowance.release()
     service.metrics.requests_by_key.labels(key_name, str(outcome.status)).inc()
-    return _response(outcome)
+    return outcome
 
 
 async def _predict(
@@ -244,6 +267,8 @@ async def _predict(
     alias: str | None,
     request_id: str,
     started: float,
+    codec: Codec | None,
+    version: str | None,
     key: str | None = None,
 ) -> Outcome:
     """Read the body and let Service answer it; `key` names the request's API key."""
@@ -265,12 +290,24 @@ async def _predict(
             request_id=request_id,
             started=started,
             key=key,
+            codec=codec,
+            version=version,
         )
     return outcome
 
 
-def _response(outcome: Outcome) -> Response:
-    """The predictions or the error, with headers naming the request and the version routed to."""
+def _alias_serving(service: Service, name: str, version: str) -> str | None:
+    """The alias serving `version` of model `name` now, the one a key pins by asking for that
+    version; None when none does (the request then gets its 404 from Service)."""
+    served = service.table.models.get(name)
+    return served.alias_serving(version) if served is not None else None
+
+
+def outcome_response(
+    outcome: Outcome, render_error: Callable[[ServingError], Response] | None = None
+) -> Response:
+    """The predictions or the error (as `render_error` writes it; default: MLflow's shape),
+    with headers naming the request and the version routed to."""
     if outcome.error is None:
         response: Response = Response(
             outcome.body, media_type=outcome.media_type, headers=dict(outcome.headers)
@@ -278,7 +315,7 @@ def _response(outcome: Outcome) -> Response:
         if outcome.extra_columns:
             response.headers["X-Ignored-Columns"] = ignored_columns(outcome.extra_columns)
     else:
-        response = error_response(outcome.error)
+        response = (render_error or error_response)(outcome.error)
     headers = response.headers
     headers["X-Request-ID"] = outcome.request_id
     ref = outcome.ref

@@ -3,9 +3,18 @@
 Only agreement is recorded, per (production version, staging version) pair: the share of
 rows with the same answer (labels, or exact values for other outputs) and, for numeric
 outputs, the mean absolute difference.
+
+Sampled requests are buffered, not scored one by one: every SHADOW_INTERVAL_S (or sooner,
+once SHADOW_BATCH_ROWS rows wait) one thread merges the buffered requests that share a shadow
+version and a validated column layout into one predict call, splits the answer back per
+request and tallies each. One predict of a few hundred rows costs about what one row costs,
+so the shadow's share of the serving core (and of the GIL) shrinks by the batch size; a 10%
+sample scored one request at a time cost production 1.30x its p99 (bench/swap.py, shadow).
 """
 
+import logging
 import threading
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -13,16 +22,23 @@ import numpy as np
 import pandas as pd
 
 from registry.contract import compared_column
+from serving.batching import predict_together
 from serving.metrics import Metrics
-from serving.pool import PredictPool
+from serving.model import rows_of
 from serving.protocol import Decoded
 
 if TYPE_CHECKING:
     from serving.model import LoadedModel
     from serving.slots import ServedModel
 
-SHADOW_BACKLOG = 16
-"""Shadow predictions queued or running at most; beyond that a sample is skipped and counted."""
+logger = logging.getLogger(__name__)
+
+SHADOW_INTERVAL_S = 0.5
+"""Buffered samples are scored at least this often."""
+SHADOW_BATCH_ROWS = 2048
+"""Scoring starts early once this many rows are buffered."""
+SHADOW_BUFFER_ROWS = 8192
+"""Rows buffered at most (waiting or being scored); beyond, a sample is skipped and counted."""
 
 
 @dataclass
@@ -61,15 +77,43 @@ def _column(answer: Any) -> np.ndarray:
     return np.asarray(answer).reshape(len(answer), -1)[:, 0]
 
 
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One sampled production request: what it asked, what production answered, who scores it."""
+
+    served: "ServedModel"
+    primary: "LoadedModel"
+    shadow: "LoadedModel"
+    decoded: Decoded
+    answer: Any
+    rows: int
+
+    @property
+    def labels(self) -> tuple[str, str, str]:
+        """Its metric labels: model, production version, shadow version."""
+        return (self.served.name, self.primary.ref.version, self.shadow.ref.version)
+
+    def merge_key(self) -> tuple[Any, ...] | None:
+        """Samples with equal keys predict as one call; None: this one predicts alone."""
+        batch = self.decoded.batch
+        if batch is None or self.decoded.params is not None:
+            return None
+        return (id(self.shadow), batch.layout)
+
+
 class ShadowScorer:
-    """Scores sampled production requests with the shadow alias on a thread of its own, with
-    a bounded backlog: it never queues ahead of production predictions, a slow shadow cannot
-    pile up work, and one thread tallies."""
+    """Scores sampled production requests with the shadow alias in batches, on one thread of
+    its own, with a bounded buffer: it never delays or fails a production request, a slow
+    shadow cannot pile up work, and one thread tallies."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
-        self.pool = PredictPool(1, "shadow")
-        self._backlog = threading.BoundedSemaphore(SHADOW_BACKLOG)
+        self._buffer: list[Sample] = []
+        self._buffered_rows = 0
+        """Rows waiting in the buffer or being scored now."""
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
 
     def offer(
         self,
@@ -79,30 +123,77 @@ class ShadowScorer:
         decoded: Decoded,
         answer: Any,
     ) -> None:
-        """Score `decoded`, which `primary` answered with `answer`, with `shadow` too; record
-        agreement only. Skipped and counted when the backlog is full or `shadow` is stuck."""
-        pair = (primary.ref.version, shadow.ref.version)
-        labels = (served.name, *pair)
-        if shadow.pool.exhausted or not self._backlog.acquire(blocking=False):
-            self.metrics.shadow_skipped.labels(*labels).inc()
-            return
-
-        def score() -> None:
-            """In the shadow thread: predict and tally (one thread: no racing updates)."""
-            try:
-                staging = shadow.predict(decoded)
-                tally = served.shadow.setdefault(pair, Agreement())
-                before = (tally.rows, tally.agreed)
-                tally.add(answer, staging)
-                self.metrics.shadow_rows.labels(*labels).inc(tally.rows - before[0])
-                self.metrics.shadow_agreed.labels(*labels).inc(tally.agreed - before[1])
-            except Exception:
-                self.metrics.shadow_errors.labels(*labels).inc()
-            finally:
-                self._backlog.release()
-
-        self.pool.submit(score)
+        """Score `decoded`, which `primary` answered with `answer`, with `shadow` too, soon;
+        record agreement only. Skipped and counted when the buffer is full or `shadow` is
+        stuck. Never blocks on scoring."""
+        sample = Sample(served, primary, shadow, decoded, answer, max(rows_of(decoded), 1))
+        with self._wake:
+            full = self._buffered_rows + sample.rows > SHADOW_BUFFER_ROWS
+            if self._closed or full or shadow.pool.exhausted:
+                skipped = not self._closed
+            else:
+                skipped = False
+                self._buffer.append(sample)
+                self._buffered_rows += sample.rows
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="shadow", daemon=True)
+                    self._thread.start()
+                if len(self._buffer) == 1 or self._buffered_rows >= SHADOW_BATCH_ROWS:
+                    self._wake.notify()
+        if skipped:
+            self.metrics.shadow_skipped.labels(*sample.labels).inc()
 
     def stop(self) -> None:
-        """Take no more samples; a running one ends on its own."""
-        self.pool.shutdown()
+        """Take no more samples and drop buffered ones; a running predict ends on its own."""
+        with self._wake:
+            self._closed = True
+            self._buffer = []
+            self._wake.notify()
+
+    def _run(self) -> None:
+        """The shadow thread: once a sample arrives, wait an interval for more, score them all."""
+        while True:
+            with self._wake:
+                while not self._closed and not self._buffer:
+                    self._wake.wait()
+                if not self._closed and self._buffered_rows < SHADOW_BATCH_ROWS:
+                    self._wake.wait(SHADOW_INTERVAL_S)  # let more samples join this round
+                if self._closed:
+                    return
+                samples, self._buffer = self._buffer, []
+            try:
+                self._score(samples)
+            except Exception:  # the thread must outlive any round; errors are counted inside
+                logger.exception("shadow scoring failed on %d samples", len(samples))
+            finally:
+                with self._wake:
+                    self._buffered_rows -= sum(s.rows for s in samples)
+            del samples  # hold no released version while idle
+
+    def _score(self, samples: list[Sample]) -> None:
+        """Predict each group of samples that can merge as one call (each alone if that call
+        raises), then tally per sample: rows, agreement and errors count per request."""
+        groups: dict[Any, list[Sample]] = defaultdict(list)
+        for i, sample in enumerate(samples):
+            groups[sample.merge_key() or ("alone", i)].append(sample)
+        for group in groups.values():
+            results = predict_together(group[0].shadow, [s.decoded for s in group])
+            for sample, (staging, error) in zip(group, results, strict=True):
+                if error is not None:
+                    self.metrics.shadow_errors.labels(*sample.labels).inc()
+                else:
+                    self._tally(sample, staging)
+
+    def _tally(self, sample: Sample, staging: Any) -> None:
+        """Add one request's comparison to its pair's agreement and metrics."""
+        labels = sample.labels
+        pair = labels[1:]
+        try:
+            tally = sample.served.shadow.setdefault(pair, Agreement())
+            before = (tally.rows, tally.agreed)
+            tally.add(sample.answer, staging)
+        except Exception:
+            self.metrics.shadow_errors.labels(*labels).inc()
+            return
+        self.metrics.shadow_rows.labels(*labels).inc(tally.rows - before[0])
+        self.metrics.shadow_agreed.labels(*labels).inc(tally.agreed - before[1])

@@ -38,6 +38,19 @@ CHECKS = [
 ]
 """No 5xx, and each answer as its schema documents it. Status codes are not among them:
 FastAPI documents 200 and 422 only, and the routes answer 400, 401, 404, 413, 503 by design."""
+V2_MODEL = "/v2/models/{name}"
+V2_ROUTES = (
+    "GET /v2",
+    "GET /v2/health/live",
+    "GET /v2/health/ready",
+    f"GET {V2_MODEL}",
+    f"GET {V2_MODEL}/ready",
+    f"GET {V2_MODEL}/versions/{{version}}",
+    f"GET {V2_MODEL}/versions/{{version}}/ready",
+    f"POST {V2_MODEL}/infer",
+    f"POST {V2_MODEL}/versions/{{version}}/infer",
+)
+"""The Open Inference Protocol's routes; those of a model are fuzzed on a served one too."""
 MLFLOW_VERBATIM = {"GET /ping", "GET /health", "GET /version"}
 """Routes answering exactly as `mlflow models serve` does: a body that is not JSON (a newline,
 the version number) labelled application/json. Clients rely on it; only its parse is exempt."""
@@ -60,8 +73,11 @@ def fuzz_schema(demo_registry: DemoRegistry) -> Iterator[schemathesis.BaseSchema
     shutdown_lifespans()
 
 
-def fuzz(operation: schemathesis.APIOperation, mode: GenerationMode) -> dict[str, str]:
-    """Each distinct failure on `operation` in `mode`, with a curl command reproducing it."""
+def fuzz(
+    operation: schemathesis.APIOperation, mode: GenerationMode, model: str | None = None
+) -> dict[str, str]:
+    """Each distinct failure on `operation` in `mode`, with a curl command reproducing it;
+    with `model`, every request names that served model (so its body reaches the decoder)."""
     found: dict[str, str] = {}
 
     @given(case=operation.as_strategy(generation_mode=mode))
@@ -73,6 +89,8 @@ def fuzz(operation: schemathesis.APIOperation, mode: GenerationMode) -> dict[str
         database=None,
     )
     def run(case: schemathesis.Case) -> None:
+        if model is not None:
+            case.path_parameters = {**(case.path_parameters or {}), "name": model}
         try:
             case.call_and_validate(checks=CHECKS)
         except (Failure, FailureGroup) as problem:
@@ -80,7 +98,7 @@ def fuzz(operation: schemathesis.APIOperation, mode: GenerationMode) -> dict[str
             for failure in failures:
                 if operation.label in MLFLOW_VERBATIM and "JSON" in failure.title:
                     continue
-                key = f"{operation.label} ({mode}): {failure.title}"
+                key = f"{operation.label} ({mode}, {model or 'any model'}): {failure.title}"
                 found.setdefault(key, f"{failure.message[:300]}\n    {case.as_curl_command()}")
 
     try:
@@ -111,5 +129,8 @@ def test_every_route_never_answers_5xx_or_off_schema(fuzz_schema: schemathesis.B
         labels.append(operation.label)
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             found |= fuzz(operation, mode)
+            if operation.path.startswith(V2_MODEL):
+                found |= fuzz(operation, mode, "cancer-classifier")
     assert len(labels) >= 10, labels
+    assert set(V2_ROUTES) <= set(labels), labels
     assert not found, "\n".join(f"{key}\n    {detail}" for key, detail in found.items())
