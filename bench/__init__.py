@@ -1,6 +1,6 @@
 """The project's benchmarks, run by hand from the repository root, one command each:
 
-    .venv/bin/python -m bench.throughput   # serving throughput -> bench/results/serving.json
+    .venv/bin/python -m bench.serving      # serving, batching, V2 -> bench/results/serving.json
     .venv/bin/python -m bench.swap         # alias following, splits, shadow -> swap.json
     .venv/bin/python -m bench.gate_seeds   # the gate on seeds and shuffled labels -> gate.json
     .venv/bin/python -m bench.readme       # README's measured figures from bench/results

@@ -41,10 +41,17 @@ def spread(values: Iterable[float], digits: int = 2, unit: str = "") -> str:
     return f"{low}{unit}" if low == high else f"{low}-{high}{unit}"
 
 
-# -- throughput (bench/throughput.py -> bench/results/serving.json) ------------------------------
+# -- serving (bench/serving.py -> bench/results/serving.json) ------------------------------------
 
+DEMO, LOGISTIC, TORCH = "cancer-classifier", "logistic-20", "cancer-torch"
+"""The benchmarked models: the demo classifier, a bare logistic regression (context), and the
+demo classifier's PyTorch version (batching)."""
 MLFLOW, HANDWRITTEN, HELLO = "mlflow models serve", "hand-written", "FastAPI hello-world"
 MODELYARD, MODELYARD_DEFAULT = "modelyard", "modelyard /invocations"
+MODELYARD_V2 = "modelyard /v2 infer"
+"""modelyard's `/v2/models/{name}/infer` (Open Inference Protocol), on the same rows."""
+MODELYARD_UNBATCHED = "modelyard unbatched"
+"""modelyard with MODELYARD_BATCHING=off, the PyTorch version's own reference."""
 SUBJECTS = (MODELYARD, MODELYARD_DEFAULT)
 """modelyard on its pinned path and on `/invocations` (the default model, A/B-routed)."""
 REFERENCES = (MLFLOW, HANDWRITTEN, HELLO)
@@ -231,6 +238,170 @@ def tails(
         }
         for (rows, server), group in sorted(groups.items())
     ]
+
+
+def serving_goals(results: Mapping[str, Any]) -> list[Goal]:
+    """The serving benchmark's goals, from the recorded runs of every model alone. A goal whose
+    runs the results lack (an older file) is reported as not measured."""
+
+    def cell(model: str, server: str, rows: int, c: int) -> Mapping[str, Any] | None:
+        runs = results.get(model, {}).get("runs", [])
+        found = [
+            m
+            for m in medians(runs)
+            if (m["server"], m["rows"], m["concurrency"]) == (server, rows, c)
+        ]
+        return found[0] if found else None
+
+    def ratio_goal(
+        id_: str,
+        text: str,
+        model: str,
+        cells: tuple[str, str],
+        where: tuple[int, int],
+        metric: str,
+        bound: float,
+    ) -> Goal:
+        mine, theirs = (cell(model, server, *where) for server in cells)
+        sign = ">=" if metric == "rps" else "<="
+        if mine is None or theirs is None:
+            return Goal(id_, text, "not measured in this results file", f"{sign} {bound:g}x", None)
+        ratio = mine[metric] / theirs[metric]
+        unit = "req/s" if metric == "rps" else "ms"
+        digits = 2 if metric == "p50_ms" else 1
+        return Goal(
+            id_,
+            text,
+            f"{ratio:.3f}x ({mine[metric]:,.{digits}f} vs {theirs[metric]:,.{digits}f} {unit})",
+            f"{sign} {bound:g}x",
+            ratio >= bound if metric == "rps" else ratio <= bound,
+        )
+
+    demo_cell = (1, 32)
+    goals = [
+        ratio_goal(
+            "13a",
+            f"demo classifier 1-row c=32: req/s, modelyard / `{MLFLOW}`",
+            DEMO,
+            (MODELYARD, MLFLOW),
+            demo_cell,
+            "rps",
+            15,
+        ),
+        ratio_goal(
+            "13b",
+            f"demo classifier 1-row c=32: p99, modelyard / `{MLFLOW}`",
+            DEMO,
+            (MODELYARD, MLFLOW),
+            demo_cell,
+            "p99_ms",
+            0.05,
+        ),
+        ratio_goal(
+            "13c",
+            "demo classifier 1-row c=32: req/s, modelyard / the hand-written app",
+            DEMO,
+            (MODELYARD, HANDWRITTEN),
+            demo_cell,
+            "rps",
+            2,
+        ),
+        ratio_goal(
+            "13d",
+            "PyTorch version 1-row c=64: req/s, batched / unbatched",
+            TORCH,
+            (MODELYARD, MODELYARD_UNBATCHED),
+            (1, 64),
+            "rps",
+            3,
+        ),
+        ratio_goal(
+            "13e",
+            "PyTorch version 1-row c=1: p50, batched / unbatched",
+            TORCH,
+            (MODELYARD, MODELYARD_UNBATCHED),
+            (1, 1),
+            "p50_ms",
+            1.05,
+        ),
+    ]
+    v2 = [
+        (m["rows"], m["concurrency"], m["rps"] / other["rps"])
+        for m in medians(results.get(DEMO, {}).get("runs", []))
+        if m["server"] == MODELYARD_V2
+        and (other := cell(DEMO, MODELYARD_DEFAULT, m["rows"], m["concurrency"])) is not None
+    ]
+    text = "demo classifier: req/s, `/v2/models/{name}/infer` / `/invocations`, same rows"
+    if not v2:
+        goals.append(Goal("13f", text, "not measured in this results file", ">= 0.9x", None))
+    else:
+        worst = min(v2, key=lambda v: v[2])
+        goals.append(
+            Goal(
+                "13f",
+                f"{text}, every body and concurrency",
+                f"{spread([r for *_, r in v2], 3, 'x')} (lowest {worst[0]}-row c={worst[1]})",
+                ">= 0.9x",
+                worst[2] >= 0.9,
+            )
+        )
+    return goals
+
+
+TAIL_FIELDS = ("server_core_others", "server_core_steal", "load_core_others", "load_core_steal")
+"""Where a run's cores went besides the server and wrk: bench/cores.py."""
+
+
+def tail_evidence(results: Mapping[str, Any], concurrency: int = 32) -> dict[str, Any]:
+    """For the runs at `concurrency`: how many had a p99 over TAIL_MS, and the medians of their
+    cores' other use and steal against the other runs', with modelyard's own share of requests
+    over TAIL_MS (its request-duration histogram) against wrk's p99. Empty for a file whose
+    runs recorded no core times."""
+    runs = [
+        run
+        for model in (DEMO, LOGISTIC, TORCH)
+        for run in results.get(model, {}).get("runs", [])
+        if run["concurrency"] == concurrency and "cores" in run
+    ]
+    if not runs:
+        return {}
+    over = [r for r in runs if r["p99_ms"] > TAIL_MS]
+    under = [r for r in runs if r["p99_ms"] <= TAIL_MS]
+
+    def typical(group: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+        return {
+            name: round(statistics.median(r["cores"][name] for r in group), 4) if group else None
+            for name in TAIL_FIELDS
+        }
+
+    own = [
+        {
+            "server": r["server"],
+            "rows": r["rows"],
+            "wrk_p99_ms": r["p99_ms"],
+            "server_share_over_tail": server_share_over(r["server_latency_counts"], TAIL_MS),
+        }
+        for r in over
+        if "server_latency_counts" in r
+    ]
+    return {
+        "concurrency": concurrency,
+        "runs": len(runs),
+        "over_tail": len(over),
+        "cores_median_over_tail": typical(over),
+        "cores_median_rest": typical(under),
+        "modelyard_over_tail": own,
+    }
+
+
+def server_share_over(counts: Mapping[str, float], bound_ms: float) -> float | None:
+    """From cumulative histogram counts by bucket bound (seconds, as text): the share of
+    requests that took longer than `bound_ms` inside the server."""
+    total = counts.get("+Inf", 0.0)
+    within = counts.get(f"{bound_ms / 1000:g}")
+    if not total or within is None:
+        return None
+    return round(1 - within / total, 4)
 
 
 # -- swap (bench/swap.py -> bench/results/swap.json) ---------------------------------------------

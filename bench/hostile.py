@@ -21,7 +21,7 @@ classifier `cancer-classifier` and registers fault-injection versions, then meas
    10%, staging a plain version (without) or one whose predict sleeps 60 s (with),
    interleaved: 0 production errors, p99 at most 1.2x.
 
-The throughput goal (no regression) is `python -m bench.throughput`'s; it is recorded here
+The throughput goal (no regression) is `python -m bench.serving`'s; it is recorded here
 as a pointer only. Goals are judged from the recorded parts alone (`goals`), so `--show`
 prints them again from a results file.
 """
@@ -66,8 +66,7 @@ LIVE_P99_BOUND_MS = 100
 STALLED_P99_RATIO = 2.0
 HANG_P99_RATIO = 1.2
 THROUGHPUT_POINTER = (
-    "python -m bench.throughput: its ratios within 5% of the last committed "
-    "bench/results/serving.json"
+    "python -m bench.serving: its ratios within 5% of the last committed bench/results/serving.json"
 )
 
 log = logging.getLogger("bench.hostile")

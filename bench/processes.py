@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, suppress
@@ -55,8 +56,20 @@ class Process(Child):
         return self.wait_until(lambda: http_status(url, timeout_s=1) == 200, timeout_s, poll_s)
 
     def stop(self, grace_s: float = 30) -> None:
-        """SIGTERM the process group, SIGKILL it if it lingers."""
+        """SIGTERM the process group (resumed first, if paused), SIGKILL it if it lingers."""
+        self.resume()
         super().stop(grace_s)
+
+    def pause(self) -> None:
+        """SIGSTOP the process group: an idle server takes no CPU (its polls, its timers)
+        while another one is measured on the same core."""
+        with suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT the process group."""
+        with suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGCONT)
 
     def memory_kib(self) -> dict[str, int]:
         """VmRSS, VmHWM, RssAnon and RssFile of the process, in KiB, from /proc."""

@@ -22,7 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from bench import analysis
-from bench.analysis import HANDWRITTEN, HELLO, MLFLOW, MODELYARD, MODELYARD_DEFAULT, Goal
+from bench.analysis import (
+    HANDWRITTEN,
+    HELLO,
+    MLFLOW,
+    MODELYARD,
+    MODELYARD_DEFAULT,
+    MODELYARD_UNBATCHED,
+    MODELYARD_V2,
+    TORCH,
+    Goal,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -100,11 +110,15 @@ def serving_table(results: Results) -> str:
     first = serving[models[0]]
     config, machine = first["config"], first["machine"]
     versions = machine["versions"]
+    repeats = {MODELS[m][0]: serving[m]["config"]["repeats"] for m in models[1:]}
+    others = "".join(
+        f", {n} for the {name}" for name, n in repeats.items() if n != config["repeats"]
+    )
     intro = (
         f"On {machine['cpu_count']} CPUs ({machine['cpu_model']}), Python {machine['python']}, "
         f"MLflow {versions['mlflow']}, uvicorn {versions['uvicorn']}, load average "
         f"{machine['loadavg_at_start'][0]:.1f} at the start: {config['repeats']} interleaved "
-        f"repetitions of {config['duration_s']} s at "
+        f"repetitions{others} of {config['duration_s']} s at "
         f"{', '.join(str(c) for c in config['concurrencies'])} connections; median req/s and "
         "median p99 (ms) per cell:"
     )
@@ -129,7 +143,8 @@ def serving_table(results: Results) -> str:
             for server in servers:
                 m = by_key[(server, rows, c)]
                 row.append(f"{rps(m['rps'])}, {ms(m['p99_ms'])}")
-            row.append(rps(by_key[(HELLO, rows, c)]["rps"]))
+            hello = by_key.get((HELLO, rows, c))
+            row.append(rps(hello["rps"]) if hello else "-")
             lines.append(row)
     return f"{intro}\n\n{table(header, lines)}"
 
@@ -283,10 +298,103 @@ def serving_tails(results: Results) -> str:
             lines.append(row)
     summary = ", ".join(f"{NAMES[s]} {sum(over[s][::2])} of {sum(over[s][1::2])}" for s in servers)
     p90s = ", ".join(f"{NAMES[s]} {analysis.spread(p90[s], 0, ' ms')}" for s in servers)
-    return (
+    text = (
         f"{table(header, lines)}\n\nRuns at c=32 whose p99 passed {analysis.TAIL_MS:g} ms: "
         f"{summary}. The p90 of the same runs: {p90s}."
     )
+    evidence = analysis.tail_evidence(serving)
+    if not evidence:
+        return text + (
+            " These runs recorded no per-core times (an older run of the benchmark), so the "
+            "tails cannot be attributed from them."
+        )
+    return text + "\n\n" + tails_attribution(evidence)
+
+
+def tails_attribution(evidence: Mapping[str, Any]) -> str:
+    """Where the cores' time went in the runs with a tail, against the others."""
+
+    def percent(share: float | None) -> str:
+        return analysis.fmt(None if share is None else share * 100, "%", 0)
+
+    def shares(cores: Mapping[str, float | None]) -> str:
+        return ", ".join(
+            f"{label} {percent(cores[key])}"
+            for key, label in (
+                ("server_core_others", "others on the server's core"),
+                ("server_core_steal", "stolen there"),
+                ("load_core_others", "others on wrk's core"),
+                ("load_core_steal", "stolen there"),
+            )
+        )
+
+    own = evidence["modelyard_over_tail"]
+    inside = [o["server_share_over_tail"] for o in own if o["server_share_over_tail"] is not None]
+    text = (
+        f"Where the cores' time went (medians): in the {evidence['over_tail']} of "
+        f"{evidence['runs']} runs at c={evidence['concurrency']} with a tail, "
+        f"{shares(evidence['cores_median_over_tail'])}; in the rest, "
+        f"{shares(evidence['cores_median_rest'])}."
+    )
+    if inside:
+        text += (
+            f" In modelyard's runs with a tail, its own histogram puts "
+            f"{analysis.spread((x * 100 for x in inside), 1, '%')} of requests over "
+            f"{analysis.TAIL_MS:g} ms from body read to response."
+        )
+    return text
+
+
+def serving_batching(results: Results) -> str:
+    """The serving goals, then the PyTorch version batched and unbatched, and the demo
+    classifier on `/v2/models/{name}/infer` against `/invocations`, when measured."""
+    serving = results["serving"]
+    text = goals_table(analysis.serving_goals(serving))
+    if TORCH in serving:
+        medians = analysis.medians(serving[TORCH]["runs"])
+        by_key = {(m["server"], m["concurrency"]): m for m in medians}
+        lines = []
+        for c in sorted({c for _, c in by_key}):
+            mine, theirs = by_key.get((MODELYARD, c)), by_key.get((MODELYARD_UNBATCHED, c))
+            if mine is None or theirs is None:
+                continue
+            lines.append(
+                [
+                    str(c),
+                    f"{rps(mine['rps'])}, {mine['p50_ms']:.2f}, {ms(mine['p99_ms'])}",
+                    f"{rps(theirs['rps'])}, {theirs['p50_ms']:.2f}, {ms(theirs['p99_ms'])}",
+                    f"{mine['rps'] / theirs['rps']:.2f}x",
+                ]
+            )
+        header = ["connections", "batched: req/s, p50, p99 ms", "unbatched", "req/s ratio"]
+        n = serving[TORCH]["config"]["repeats"]
+        text += (
+            f"\n\nThe PyTorch version, 1-row body, medians of {n} run{'s' if n > 1 else ''}:"
+            f"\n\n{table(header, lines)}"
+        )
+    demo = serving[next(iter(MODELS))]
+    cells = {(m["server"], m["rows"], m["concurrency"]): m for m in analysis.medians(demo["runs"])}
+    pairs = sorted(
+        (
+            (rows, c, m, cells[(MODELYARD_DEFAULT, rows, c)])
+            for (server, rows, c), m in cells.items()
+            if server == MODELYARD_V2 and (MODELYARD_DEFAULT, rows, c) in cells
+        ),
+        key=lambda pair: pair[:2],
+    )
+    if pairs:
+        header = ["body, connections", "`/v2/.../infer` req/s, p99 ms", "`/invocations`", "ratio"]
+        lines = [
+            [
+                f"{rows} row{'s' if rows > 1 else ''}, c={c}",
+                f"{rps(v2['rps'])}, {ms(v2['p99_ms'])}",
+                f"{rps(inv['rps'])}, {ms(inv['p99_ms'])}",
+                f"{v2['rps'] / inv['rps']:.2f}x",
+            ]
+            for rows, c, v2, inv in pairs
+        ]
+        text += f"\n\nThe demo classifier on both protocols, same rows:\n\n{table(header, lines)}"
+    return text
 
 
 def serving_workers(results: Results) -> str:
@@ -370,6 +478,7 @@ BLOCKS: dict[str, Callable[[Results], str]] = {
     "serving-ratios": serving_ratios,
     "serving-goals": serving_goals,
     "serving-tails": serving_tails,
+    "serving-batching": serving_batching,
     "serving-workers": serving_workers,
     "swap": swap_table,
     "gate": gate_table,

@@ -88,6 +88,54 @@ def test_throughput_analysis_reproduces_recorded_figures(model: str):
     assert figures == {k: section[k] for k in ("medians", "ratios", "goals", "goals_met")}
 
 
+def test_serving_goals_are_judged_from_the_recorded_runs():
+    serving = _load("serving")
+    goals = analysis.serving_goals(serving)
+    assert [g.id for g in goals] == ["13a", "13b", "13c", "13d", "13e", "13f"]
+    if "goals" in serving:  # written by bench.serving since issue 13
+        assert [asdict(g) for g in goals] == serving["goals"]
+        assert analysis.tail_evidence(serving) == serving["tail_evidence"]
+    judged = {g.id for g in goals if g.met is not None}
+    measured = {g.id for g in goals if not g.measured.startswith("not measured")}
+    assert judged == measured
+    assert {"13a", "13b", "13c"} <= judged
+
+
+def test_serving_goals_judge_a_batching_run():
+    """The PyTorch goals read batched and unbatched medians; a missing cell is not judged."""
+
+    def run(server: str, c: int, rps: float, p50: float) -> dict:
+        return {
+            "server": server,
+            "concurrency": c,
+            "rows": 1,
+            "rps": rps,
+            "p50_ms": p50,
+            "p99_ms": 2 * p50,
+            "cpu_us_per_request": 1.0,
+            "server_core_share": 1.0,
+        }
+
+    batched, unbatched = analysis.MODELYARD, analysis.MODELYARD_UNBATCHED
+    runs = [
+        run(batched, 64, 3100, 20),
+        run(unbatched, 64, 1000, 60),
+        run(batched, 1, 900, 1.06),
+        run(unbatched, 1, 950, 1.0),
+    ]
+    goals = {g.id: g for g in analysis.serving_goals({analysis.TORCH: {"runs": runs}})}
+    assert goals["13d"].met is True
+    assert goals["13d"].measured.startswith("3.100x")
+    assert goals["13e"].met is False  # 1.06 ms against 1.0 ms: 6% worse
+    assert goals["13a"].met is None
+
+
+def test_server_share_over_reads_cumulative_buckets():
+    counts = {"0.05": 90.0, "0.1": 97.0, "0.25": 100.0, "+Inf": 100.0}
+    assert analysis.server_share_over(counts, 100) == 0.03
+    assert analysis.server_share_over({"+Inf": 0.0}, 100) is None
+
+
 def test_multi_worker_analysis_reproduces_recorded_medians():
     section = _load("serving")["multi_worker"]
     assert analysis.with_stalls(analysis.medians(section["runs"])) == section["medians"]

@@ -1,20 +1,31 @@
-"""Throughput benchmark: modelyard against `mlflow models serve` and a hand-written FastAPI app.
+"""Serving benchmark: modelyard against `mlflow models serve` and a hand-written FastAPI app,
+with batching and the Open Inference Protocol, in one interleaved run.
 
-    .venv/bin/python -m bench.throughput              # full run -> bench/results/serving.json
-    .venv/bin/python -m bench.throughput --model logistic-20 --repeats 3
-    .venv/bin/python -m bench.throughput --quick      # smoke run (1 x 2 s), JSON in a temp file
-    .venv/bin/python -m bench.throughput --workers 2  # multi-worker latency check only
-    .venv/bin/python -m bench.throughput --show bench/results/serving.json
+    .venv/bin/python -m bench.serving          # full run (~25 min) -> bench/results/serving.json
+    .venv/bin/python -m bench.serving --model cancer-torch --repeats 3
+    .venv/bin/python -m bench.serving --quick  # smoke run (1 x 2 s), JSON in a temp file
+    .venv/bin/python -m bench.serving --workers 2   # multi-worker latency check only
+    .venv/bin/python -m bench.serving --show bench/results/serving.json
 
 It starts its own registry (moto's S3 server and `mlflow server` on SQLite in a temporary
-directory), trains and registers two models (the demo classifier behind the output contract,
-and a bare scikit-learn logistic regression on 20 features) and, one model after the other,
-serves the same version by each server: every server one worker pinned to core 0; wrk, pinned
-to core 1, posts a fixed `dataframe_split` body (1 row or 100 rows) at 1, 8 and 32
-connections. The hand-written app also answers a constant on `/hello`, FastAPI's own ceiling
-on the machine. Runs are interleaved (repetition -> (concurrency, body) -> server, the server
-order rotating per repetition) so that background load on the machine spreads over every
-server alike. Any non-2xx answer or socket error aborts the run.
+directory), trains and registers three models (the demo classifier behind the output contract,
+a bare scikit-learn logistic regression on 20 features, and the demo classifier's PyTorch
+version) and, one model after the other, serves the same version by each server: every server
+one worker pinned to core 0; wrk, pinned to core 1, posts a fixed body (1 row or 100 rows) at
+1, 8 and 32 connections. For the demo classifier modelyard is loaded on its pinned path, on
+`/invocations` and on `/v2/models/{name}/infer` (the same rows as one FP64 tensor per column);
+the hand-written app also answers a constant on `/hello`, FastAPI's own ceiling on the
+machine. The PyTorch version is served by modelyard batched (the default, MODELYARD_BATCHING
+auto) and unbatched (off), at 1 and 64 connections. The logistic regression, context only,
+gets fewer repetitions.
+
+Runs are interleaved (repetition -> (concurrency, body) -> server, the server order rotating
+per repetition) so that background load on the machine spreads over every server alike; the
+servers not being measured are paused (SIGSTOP), so that an idle one's timers and registry
+polls do not run on the measured server's core. Each run records, beside wrk's numbers, where
+the two cores' time went (bench/cores.py) and, for modelyard, its own latency histogram: the
+evidence for telling a server's tail from its neighbours'. Any non-2xx answer or socket error
+aborts the run.
 
 The wrk runs and readiness timings are the raw results; bench/analysis.py computes medians,
 ratios and goals from them, bench/report.py prints them, and both go into the results file.
@@ -26,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -33,24 +45,39 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from bench import analysis, load, report
-from bench.analysis import HANDWRITTEN, HELLO, MLFLOW, MODELYARD, MODELYARD_DEFAULT, PLAIN_LOAD
+from bench.analysis import (
+    DEMO,
+    HANDWRITTEN,
+    HELLO,
+    LOGISTIC,
+    MLFLOW,
+    MODELYARD,
+    MODELYARD_DEFAULT,
+    MODELYARD_UNBATCHED,
+    MODELYARD_V2,
+    PLAIN_LOAD,
+    TORCH,
+)
+from bench.cores import CoreTimes, attribution
 from bench.processes import BIN, ROOT, Process, base_env, http_status, registry, spawn
 from bench.processes import start_serving as start_modelyard_serve
 from modelyard.processes import free_port
 
 RESULTS = ROOT / "bench" / "results" / "serving.json"
 SERVER_CORE, LOAD_CORE = "0", "1"
-MODELS = ("cancer-classifier", "logistic-20")
-"""The demo classifier (contract pyfunc over a scaled logistic regression, 30 features) and a
-bare scikit-learn LogisticRegression on 20 synthetic features (the sklearn flavour)."""
+MODELS = (DEMO, LOGISTIC, TORCH)
+"""The demo classifier (contract pyfunc over a scaled logistic regression, 30 features), a
+bare scikit-learn LogisticRegression on 20 synthetic features (the sklearn flavour), and the
+demo classifier's PyTorch version behind the same contract."""
 ALIAS = "production"
 CONCURRENCIES = (1, 8, 32)
+TORCH_CONCURRENCIES = (1, 64)
 READY_PATHS = {MLFLOW: "/ping", HANDWRITTEN: "/health", MODELYARD: "/health/ready"}
 
 
@@ -65,11 +92,12 @@ def train_model(tracking_uri: str, model: str) -> str:
     import numpy as np
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)
-    if model == "cancer-classifier":
+    if model in (DEMO, TORCH):
         from registry.client import connect
         from training.run import TrainSpec, train
 
-        return train(TrainSpec("sklearn", alias=ALIAS), connect(tracking_uri)).version
+        spec = TrainSpec("sklearn" if model == DEMO else "torch", model_name=model, alias=ALIAS)
+        return train(spec, connect(tracking_uri)).version
     from mlflow.models import infer_signature
     from sklearn.linear_model import LogisticRegression
 
@@ -100,14 +128,18 @@ def logistic_features() -> Any:
     return pd.DataFrame(values, columns=[f"x{i}" for i in range(20)])
 
 
-def bodies(model: str) -> dict[int, bytes]:
-    """`dataframe_split` bodies of 1 and 100 rows: breast-cancer holdout or synthetic rows."""
-    if model == "cancer-classifier":
+def body_rows(model: str) -> Any:
+    """The rows the bodies hold: breast-cancer holdout or synthetic rows."""
+    if model in (DEMO, TORCH):
         from training.datasets import load_split
 
-        rows = load_split("breast-cancer").x_holdout
-    else:
-        rows = logistic_features().tail(100)
+        return load_split("breast-cancer").x_holdout
+    return logistic_features().tail(100)
+
+
+def bodies(model: str, sizes: Sequence[int] = analysis.BODY_ROWS) -> dict[int, bytes]:
+    """`dataframe_split` bodies of 1 and 100 rows."""
+    rows = body_rows(model)
     return {
         n: json.dumps(
             {
@@ -117,7 +149,24 @@ def bodies(model: str) -> dict[int, bytes]:
                 }
             }
         ).encode()
-        for n in analysis.BODY_ROWS
+        for n in sizes
+    }
+
+
+def v2_bodies(model: str, sizes: Sequence[int] = analysis.BODY_ROWS) -> dict[int, bytes]:
+    """The same rows as `bodies`, as Open Inference Protocol requests: one FP64 tensor per
+    column."""
+    rows = body_rows(model)
+    return {
+        n: json.dumps(
+            {
+                "inputs": [
+                    {"name": column, "datatype": "FP64", "shape": [n], "data": values}
+                    for column, values in rows.head(n).to_dict(orient="list").items()
+                ]
+            }
+        ).encode()
+        for n in sizes
     }
 
 
@@ -125,16 +174,39 @@ def bodies(model: str) -> dict[int, bytes]:
 
 
 @dataclass(frozen=True)
+class Body:
+    """What a target is loaded with for one body size: the bytes and their wrk script."""
+
+    payload: bytes
+    script: Path
+
+
+@dataclass(frozen=True)
 class Target:
-    """One URL to load: a server name, its process and the path posted to."""
+    """One URL to load: a server name, its process, the path posted to and its bodies."""
 
     name: str
     process: Process
     path: str
+    bodies: dict[int, Body]
+    """By rows; a target is loaded only with these."""
 
     @property
     def url(self) -> str:
         return self.process.base_url + self.path
+
+    @property
+    def v2(self) -> bool:
+        """Whether it speaks the Open Inference Protocol (else MLflow's scoring protocol)."""
+        return self.path.startswith("/v2/")
+
+
+def written_bodies(payloads: dict[int, bytes], workdir: Path, name: str) -> dict[int, Body]:
+    """`payloads` with a wrk script each, written under `workdir`."""
+    return {
+        rows: Body(payload, load.post_script(payload, workdir / f"post-{name}-{rows}.lua"))
+        for rows, payload in payloads.items()
+    }
 
 
 def start_mlflow_serve(model_uri: str, env: dict[str, str], workdir: Path) -> Process:
@@ -183,28 +255,39 @@ def start_handwritten(
     return spawn(HANDWRITTEN, command, env, workdir, port, SERVER_CORE)
 
 
-def start_modelyard(env: dict[str, str], workdir: Path, model: str, workers: int = 1) -> Process:
-    settings = env | {"MODELYARD_MODELS": model, "MODELYARD_ALIASES": ALIAS}
+def start_modelyard(
+    env: dict[str, str],
+    workdir: Path,
+    model: str,
+    workers: int = 1,
+    settings: dict[str, str] | None = None,
+    name: str = MODELYARD,
+) -> Process:
+    every = env | {"MODELYARD_MODELS": model, "MODELYARD_ALIASES": ALIAS} | (settings or {})
     tracking_uri = env["MLFLOW_TRACKING_URI"]
-    return start_modelyard_serve(MODELYARD, tracking_uri, workdir, settings, SERVER_CORE, workers)
+    return start_modelyard_serve(name, tracking_uri, workdir, every, SERVER_CORE, workers)
 
 
-def check_answers(targets: Sequence[Target], payloads: dict[int, bytes]) -> None:
-    """Every target answers every body 200 with the same predictions, or the run stops."""
+def check_answers(targets: Sequence[Target]) -> None:
+    """Every target answers each of its bodies 200 with the same predictions, or the run stops."""
     import requests
 
-    for rows, body in payloads.items():
+    for rows in sorted({rows for target in targets for rows in target.bodies}):
         answers = {}
-        for target in targets:
+        for target in (t for t in targets if rows in t.bodies):
             response = requests.post(
-                target.url, data=body, headers={"Content-Type": "application/json"}, timeout=30
+                target.url,
+                data=target.bodies[rows].payload,
+                headers={"Content-Type": "application/json"},
+                timeout=30,
             )
             if response.status_code != 200:
                 raise SystemExit(
                     f"error: {target.name} answered {response.status_code} to the {rows}-row "
                     f"body: {response.text[:300]}"
                 )
-            answers[target.name] = response.json()["predictions"]
+            document = response.json()
+            answers[target.name] = v2_records(document) if target.v2 else document["predictions"]
         first_name, first = next(iter(answers.items()))
         for name, predictions in answers.items():
             if not agree(predictions, first, rows):
@@ -212,6 +295,13 @@ def check_answers(targets: Sequence[Target], payloads: dict[int, bytes]) -> None
                     f"error: {name} and {first_name} disagree on the {rows}-row body: "
                     f"{predictions[:2]} vs {first[:2]}"
                 )
+
+
+def v2_records(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """An Open Inference Protocol answer's output tensors as one record per row."""
+    columns = {output["name"]: output["data"] for output in document["outputs"]}
+    rows = len(next(iter(columns.values()), []))
+    return [{name: data[i] for name, data in columns.items()} for i in range(rows)]
 
 
 def agree(predictions: list[Any], reference: list[Any], rows: int) -> bool:
@@ -242,10 +332,10 @@ def checked(result: load.WrkResult, target: Target) -> load.WrkResult:
 
 @dataclass
 class Matrix:
-    """Interleaved wrk runs over targets x concurrencies x bodies x repetitions."""
+    """Interleaved wrk runs over targets x concurrencies x bodies x repetitions; the servers
+    not being measured are paused."""
 
     targets: list[Target]
-    scripts: dict[int, Path]
     concurrencies: Sequence[int]
     repeats: int
     duration_s: int
@@ -253,47 +343,104 @@ class Matrix:
     runs: list[dict[str, Any]] = field(default_factory=list)
 
     def wrk(self, target: Target, rows: int, connections: int, duration_s: int) -> load.WrkResult:
-        result = load.run_wrk(
-            target.url, self.scripts[rows], connections, duration_s, core=LOAD_CORE
-        )
+        self.measuring(target)
+        script = target.bodies[rows].script
+        result = load.run_wrk(target.url, script, connections, duration_s, core=LOAD_CORE)
         return checked(result, target)
 
+    def measuring(self, target: Target) -> None:
+        """Resume `target`'s server, pause every other one."""
+        for process in self.processes:
+            if process is not target.process:
+                process.pause()
+        target.process.resume()
+
+    @property
+    def processes(self) -> list[Process]:
+        return list({id(t.process): t.process for t in self.targets}.values())
+
     def run(self, say: Callable[[str], None]) -> None:
-        for rows in self.scripts:
+        try:
+            self._run(say)
+        finally:
+            for process in self.processes:
+                process.resume()
+
+    def _run(self, say: Callable[[str], None]) -> None:
+        sizes = sorted({rows for target in self.targets for rows in target.bodies})
+        for rows in sizes:
             for target in self.targets:
-                self.wrk(target, rows, 8, self.warmup_s)
-        combos = [(c, rows) for c in self.concurrencies for rows in self.scripts]
-        total, n = self.repeats * len(combos) * len(self.targets), 0
+                if rows in target.bodies:
+                    self.wrk(target, rows, 8, self.warmup_s)
+        combos = [(c, rows) for c in self.concurrencies for rows in sizes]
+        cells = sum(rows in t.bodies for t in self.targets for _, rows in combos)
+        total, n = self.repeats * cells, 0
         for rep in range(self.repeats):
             shift = rep % len(self.targets)
             order = self.targets[shift:] + self.targets[:shift]
             for connections, rows in combos:
-                for target in order:
+                for target in (t for t in order if rows in t.bodies):
                     n += 1
-                    loadavg = os.getloadavg()[0]
-                    cpu_before = target.process.cpu_s()
-                    result = self.wrk(target, rows, connections, self.duration_s).numbers()
-                    cpu = target.process.cpu_s() - cpu_before
-                    result["server_cpu_s"] = cpu
-                    result["server_core_share"] = cpu / self.duration_s
-                    result["cpu_us_per_request"] = cpu / max(result["requests"], 1) * 1e6
+                    record = self.measure(target, rows, connections)
                     self.runs.append(
                         {
                             "server": target.name,
                             "concurrency": connections,
                             "rows": rows,
                             "repetition": rep,
-                            "loadavg_1m_before": loadavg,
-                            **result,
+                            **record,
                         }
                     )
                     say(
                         f"  [{n:3d}/{total}] rep {rep + 1} c={connections:<2d} {rows:>3d}-row "
-                        f"{target.name:<24s} {result['rps']:9.1f} req/s  "
-                        f"p50 {result['p50_ms']:8.2f} ms  p99 {result['p99_ms']:8.2f} ms  "
-                        f"cpu {result['cpu_us_per_request']:6.0f} us/req "
-                        f"(core {result['server_core_share']:.0%})"
+                        f"{target.name:<24s} {record['rps']:9.1f} req/s  "
+                        f"p50 {record['p50_ms']:8.2f} ms  p99 {record['p99_ms']:8.2f} ms  "
+                        f"cpu {record['cpu_us_per_request']:6.0f} us/req "
+                        f"(core {record['server_core_share']:.0%}, others "
+                        f"{record['cores']['server_core_others']:.0%}/"
+                        f"{record['cores']['load_core_others']:.0%})"
                     )
+
+    def measure(self, target: Target, rows: int, connections: int) -> dict[str, Any]:
+        """One recorded wrk run: wrk's numbers, the server's CPU, where both cores' time went,
+        and for modelyard its own latency histogram over the run."""
+        self.measuring(target)
+        loadavg = os.getloadavg()[0]
+        own_before = server_latency(target.process)
+        cpu_before, cores_before = target.process.cpu_s(), CoreTimes.now()
+        began = time.monotonic()
+        result = self.wrk(target, rows, connections, self.duration_s).numbers()
+        elapsed = time.monotonic() - began
+        cores_after, cpu = CoreTimes.now(), target.process.cpu_s() - cpu_before
+        own_after = server_latency(target.process)
+        result["loadavg_1m_before"] = loadavg
+        result["server_cpu_s"] = cpu
+        result["server_core_share"] = cpu / self.duration_s
+        result["cpu_us_per_request"] = cpu / max(result["requests"], 1) * 1e6
+        result["cores"] = attribution(
+            cores_before, cores_after, elapsed, int(SERVER_CORE), cpu, int(LOAD_CORE)
+        )
+        if own_before is not None and own_after is not None:
+            result["server_latency_counts"] = {
+                le: own_after[le] - own_before.get(le, 0.0) for le in own_after
+            }
+        return result
+
+
+def server_latency(process: Process) -> dict[str, float] | None:
+    """modelyard's own request-duration histogram (cumulative counts by bucket bound, every
+    model and alias summed), or None for a server without one."""
+    import requests
+
+    if not process.name.startswith(MODELYARD):
+        return None
+    text = requests.get(process.base_url + "/metrics", timeout=10).text
+    counts: dict[str, float] = defaultdict(float)
+    for found in re.finditer(
+        r'^modelyard_request_duration_seconds_bucket\{[^}]*le="([^"]+)"[^}]*\} (\S+)$', text, re.M
+    ):
+        counts[found[1]] += float(found[2])
+    return dict(counts)
 
 
 def measure_readiness(ctx: Context, repeats: int) -> dict[str, Any]:
@@ -395,7 +542,8 @@ def write_results(path: Path, update: dict[str, Any]) -> None:
 
 
 def predict_mode_of(process: Process, model: str) -> Any:
-    """How modelyard chose to call the model (inline or in a thread, warm-up time), from /models."""
+    """How modelyard calls the model (inline or in a thread, warm-up time, batching or not and
+    why, batch sizes so far), from /models."""
     import requests
 
     served = requests.get(process.base_url + "/models", timeout=10).json()["models"][model]
@@ -407,8 +555,9 @@ def show_model(section: dict[str, Any], say: Callable[[str], None]) -> None:
     servers = list(section["config"]["targets"])
     say("\nmedians over repetitions")
     say(report.medians_table(section["medians"], servers))
-    say("\nmodelyard / reference (medians)")
-    say(report.ratio_table(section["ratios"]))
+    if section["ratios"]:
+        say("\nmodelyard / reference (medians)")
+        say(report.ratio_table(section["ratios"]))
     ready = section["readiness"]
     if ready:
         say(
@@ -416,8 +565,50 @@ def show_model(section: dict[str, Any], say: Callable[[str], None]) -> None:
             + ", ".join(f"{k} {v:.2f}" for k, v in ready["median_s"].items())
             + f"; modelyard / plain load = {ready['ratio']:.2f}x"
         )
-    say("\ngoals")
-    say(report.ratio_goal_lines(section["goals"]))
+    if section["goals"]:
+        say("\nper-cell goals")
+        say(report.ratio_goal_lines(section["goals"]))
+
+
+def start_targets(ctx: Context, stack: ExitStack) -> list[Target]:
+    """The model's servers, started and ready, as the targets loaded in its matrix."""
+    plain = written_bodies(bodies(ctx.model, ctx.rows), ctx.workdir, ctx.model)
+    if ctx.model == TORCH:
+        starters = {
+            MODELYARD: lambda: start_modelyard(ctx.env, ctx.workdir, ctx.model),
+            MODELYARD_UNBATCHED: lambda: start_modelyard(
+                ctx.env,
+                ctx.workdir,
+                ctx.model,
+                settings={"MODELYARD_BATCHING": "off"},
+                name=MODELYARD_UNBATCHED,
+            ),
+        }
+    else:
+        starters = {
+            MLFLOW: lambda: start_mlflow_serve(ctx.model_uri, ctx.env, ctx.workdir),
+            HANDWRITTEN: lambda: start_handwritten(ctx.model_uri, ctx.env, ctx.workdir),
+            MODELYARD: lambda: start_modelyard(ctx.env, ctx.workdir, ctx.model),
+        }
+    processes = {}
+    for name, start in starters.items():
+        processes[name] = start()
+        stack.callback(processes[name].stop)
+    for name, process in processes.items():
+        process.wait_ready(READY_PATHS[MODELYARD if name.startswith(MODELYARD) else name])
+    if ctx.model == TORCH:
+        return [Target(name, process, ctx.alias_path, plain) for name, process in processes.items()]
+    targets = [
+        Target(MLFLOW, processes[MLFLOW], "/invocations", plain),
+        Target(HANDWRITTEN, processes[HANDWRITTEN], "/invocations", plain),
+        Target(MODELYARD, processes[MODELYARD], ctx.alias_path, plain),
+        Target(MODELYARD_DEFAULT, processes[MODELYARD], "/invocations", plain),
+    ]
+    if ctx.model == DEMO:
+        v2 = written_bodies(v2_bodies(ctx.model, ctx.rows), ctx.workdir, f"{ctx.model}-v2")
+        path = f"/v2/models/{ctx.model}/infer"
+        targets.append(Target(MODELYARD_V2, processes[MODELYARD], path, v2))
+    return targets
 
 
 def main_benchmark(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
@@ -426,53 +617,46 @@ def main_benchmark(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     say(f"\n== {ctx.model} ({ctx.model_uri})")
     conditions = machine()
     ready = None
-    if args.ready_repeats:
-        say(f"readiness: start to first 200, {args.ready_repeats}x each (pinned to core 0)")
-        ready = measure_readiness(ctx, args.ready_repeats)
-    say("starting the three servers (one worker each, core 0)")
+    if ctx.ready_repeats:
+        say(f"readiness: start to first 200, {ctx.ready_repeats}x each (pinned to core 0)")
+        ready = measure_readiness(ctx, ctx.ready_repeats)
     with ExitStack() as stack:
-        processes = {
-            MLFLOW: start_mlflow_serve(ctx.model_uri, ctx.env, ctx.workdir),
-            HANDWRITTEN: start_handwritten(ctx.model_uri, ctx.env, ctx.workdir),
-            MODELYARD: start_modelyard(ctx.env, ctx.workdir, ctx.model),
-        }
-        for process in processes.values():
-            stack.callback(process.stop)
-        for name, process in processes.items():
-            process.wait_ready(READY_PATHS[name])
-        targets = [
-            Target(MLFLOW, processes[MLFLOW], "/invocations"),
-            Target(HANDWRITTEN, processes[HANDWRITTEN], "/invocations"),
-            Target(MODELYARD, processes[MODELYARD], ctx.alias_path),
-            Target(MODELYARD_DEFAULT, processes[MODELYARD], "/invocations"),
-        ]
-        check_answers(targets, ctx.payloads)
-        targets.append(Target(HELLO, processes[HANDWRITTEN], "/hello"))
-        predict_mode = predict_mode_of(processes[MODELYARD], ctx.model)
-        say(f"modelyard's predict mode after warm-up: {predict_mode}")
-        matrix = Matrix(
-            targets, ctx.scripts, args.concurrency, args.repeats, args.duration, args.warmup
-        )
+        targets = start_targets(ctx, stack)
+        check_answers(targets)
+        if ctx.model != TORCH:
+            hello = {1: next(t for t in targets if t.name == HANDWRITTEN).bodies[1]}
+            targets.append(Target(HELLO, targets[1].process, "/hello", hello))
+        own = {t.process.name: t.process for t in targets if t.name.startswith(MODELYARD)}
+        modes = {name: predict_mode_of(process, ctx.model) for name, process in own.items()}
+        say(f"modelyard's predict modes after warm-up: {modes}")
+        matrix = Matrix(targets, ctx.concurrencies, ctx.repeats, args.duration, args.warmup)
         say(
-            f"load: {len(targets)} targets x {len(args.concurrency)} concurrencies x "
-            f"{len(ctx.scripts)} bodies x {args.repeats} repetitions x {args.duration} s"
+            f"load: {len(targets)} targets x {len(ctx.concurrencies)} concurrencies x "
+            f"{len(ctx.rows)} bodies x {ctx.repeats} repetitions x {args.duration} s (hello "
+            "only with the 1-row body)"
         )
         matrix.run(say)
+        after = {name: predict_mode_of(process, ctx.model) for name, process in own.items()}
     figures = analysis.throughput(matrix.runs, ready)
     section = {
         "config": {
-            "repeats": args.repeats,
+            "repeats": ctx.repeats,
             "duration_s": args.duration,
             "warmup_s": args.warmup,
-            "concurrencies": list(args.concurrency),
-            "bodies": {f"{rows}-row": len(body) for rows, body in ctx.payloads.items()},
+            "concurrencies": list(ctx.concurrencies),
+            "bodies": {
+                t.name: {f"{rows}-row": len(body.payload) for rows, body in t.bodies.items()}
+                for t in targets
+            },
             "model": ctx.model_uri,
             "wrk": "wrk -t1 -cN -dD --latency --timeout 10s",
             "targets": {t.name: {"path": t.path, "command": t.process.argv} for t in targets},
             "order": "repetition -> (concurrency, body) -> server, rotating per repetition",
+            "idle_servers": "paused (SIGSTOP) while another server is measured",
             "quick": args.quick,
         },
-        "modelyard_predict_mode": predict_mode,
+        "modelyard_predict_mode": modes,
+        "modelyard_predict_mode_after_runs": after,
         "runs": matrix.runs,
         "medians": figures["medians"],
         "ratios": figures["ratios"],
@@ -508,6 +692,7 @@ def multi_worker(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         f"(asyncio, uvloop); all on core 0; 1-row body, c=1 and c=8 keep-alive"
     )
     path = ctx.alias_path
+    one_row = written_bodies(bodies(ctx.model, (1,)), ctx.workdir, f"{ctx.model}-workers")
     asyncio_env = ctx.env | {"PYTHONPATH": hide_uvloop(ctx.workdir)}
     starters: dict[str, Callable[[], Process]] = {
         f"modelyard --workers {n}": lambda: start_modelyard(
@@ -536,11 +721,10 @@ def multi_worker(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
             ready = "/health/ready" if modelyard else "/health"
             process.wait_ready(ready)
             wait_every_worker(process, ready)
-            targets.append(Target(name, process, path if modelyard else "/invocations"))
-        check_answers(targets, {1: ctx.payloads[1]})
-        matrix = Matrix(
-            targets, {1: ctx.scripts[1]}, (1, 8), args.repeats, args.duration, args.warmup
-        )
+            route = path if modelyard else "/invocations"
+            targets.append(Target(name, process, route, one_row))
+        check_answers(targets)
+        matrix = Matrix(targets, (1, 8), args.repeats, args.duration, args.warmup)
         matrix.run(say)
     medians = analysis.with_stalls(analysis.medians(matrix.runs))
     say("\nmedians over repetitions")
@@ -583,14 +767,17 @@ def wait_every_worker(process: Process, path: str, in_a_row: int = 40) -> None:
 
 @dataclass
 class Context:
-    """What every mode shares: the registry, the model version, bodies and wrk scripts."""
+    """What every mode shares: the registry, the model version, and what its matrix runs."""
 
     workdir: Path
     model: str
     model_uri: str
     env: dict[str, str]
-    payloads: dict[int, bytes]
-    scripts: dict[int, Path]
+    rows: tuple[int, ...]
+    """The body sizes the model is loaded with."""
+    concurrencies: tuple[int, ...]
+    repeats: int
+    ready_repeats: int
 
     @property
     def alias_path(self) -> str:
@@ -601,20 +788,48 @@ class Context:
         print(text, flush=True)
 
 
+def context(args: argparse.Namespace, workdir: Path, tracking_uri: str, model: str) -> Context:
+    """Train and register `model`; what its part of the run loads it with."""
+    print(f"training and registering {model}", flush=True)
+    model_uri = f"models:/{model}/{train_model(tracking_uri, model)}"
+    env = base_env(tracking_uri)
+    if model == LOGISTIC:  # the sklearn flavour loads through skops
+        env["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "true"
+    plan: tuple[tuple[int, ...], tuple[int, ...], int, int]
+    if model == TORCH:
+        plan = ((1,), tuple(args.torch_concurrency), args.repeats, 0)
+    elif model == LOGISTIC:
+        plan = (analysis.BODY_ROWS, tuple(args.concurrency), args.context_repeats, 0)
+    else:
+        plan = (analysis.BODY_ROWS, tuple(args.concurrency), args.repeats, args.ready_repeats)
+    return Context(workdir, model, model_uri, env, *plan)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=(__doc__ or "").split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--repeats", type=int, default=5, help="repetitions of every run")
-    parser.add_argument("--duration", type=int, default=6, help="seconds per wrk run")
+    parser.add_argument(
+        "--repeats", type=int, default=4, help="repetitions of the demo classifier's runs"
+    )
+    parser.add_argument(
+        "--context-repeats",
+        type=int,
+        default=3,
+        help="repetitions of the logistic regression's runs (context, no goal of its own)",
+    )
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per server")
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCIES))
+    parser.add_argument(
+        "--torch-concurrency", type=int, nargs="+", default=list(TORCH_CONCURRENCIES)
+    )
     parser.add_argument(
         "--ready-repeats",
         type=int,
         default=3,
-        help="start-to-ready measurements per server (0 skips them)",
+        help="start-to-ready measurements per server, demo classifier only (0 skips them)",
     )
     parser.add_argument(
         "--quick",
@@ -640,7 +855,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.repeats, args.duration, args.warmup, args.ready_repeats = 1, 2, 1, 1
+        args.repeats, args.context_repeats = 1, 1
+        args.duration, args.warmup, args.ready_repeats = 2, 1, 1
         if args.output is None:
             args.output = Path(tempfile.gettempdir()) / "modelyard-bench-quick.json"
     args.output = args.output or RESULTS
@@ -661,6 +877,20 @@ def show(path: Path) -> None:
         medians = analysis.with_stalls(analysis.medians(section["runs"]))
         print(f"\n== multi-worker ({section['workers']} workers)")
         print(report.medians_table(medians, list(dict.fromkeys(m["server"] for m in medians))))
+    show_summary(results, print)
+
+
+def show_summary(results: dict[str, Any], say: Callable[[str], None]) -> None:
+    """The tails' attribution and the run's goals, from every section's raw runs."""
+    say(
+        "\nc=32 tails: where the cores' time went (runs with a p99 over "
+        f"{analysis.TAIL_MS:g} ms against the rest)"
+    )
+    say(json.dumps(analysis.tail_evidence(results), indent=1))
+    say("\ngoals")
+    goals = analysis.serving_goals(results)
+    say(report.goal_table(goals))
+    say(report.goal_summary(goals))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -676,28 +906,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{info['loadavg_at_start'][0]:.2f}",
         flush=True,
     )
+    began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="modelyard-bench-") as tmp:
         workdir = Path(tmp)
         print("starting the registry (moto S3 + mlflow server, core 1)", flush=True)
         with registry(workdir, LOAD_CORE) as tracking_uri:
-            contexts = []
-            for model in args.model:
-                print(f"training and registering {model}", flush=True)
-                model_uri = f"models:/{model}/{train_model(tracking_uri, model)}"
-                payloads = bodies(model)
-                scripts = {
-                    rows: load.post_script(body, workdir / f"post-{model}-{rows}.lua")
-                    for rows, body in payloads.items()
-                }
-                env = base_env(tracking_uri)
-                if model != "cancer-classifier":  # the sklearn flavour loads through skops
-                    env["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "true"
-                contexts.append(Context(workdir, model, model_uri, env, payloads, scripts))
+            contexts = [context(args, workdir, tracking_uri, model) for model in args.model]
             if args.workers > 1:
                 update = multi_worker(args, contexts[0])
             else:
                 update = {ctx.model: main_benchmark(args, ctx) for ctx in contexts}
+    given = sys.argv[1:] if argv is None else argv
+    update["run"] = {"duration_s": round(time.monotonic() - began, 1), "argv": list(given)}
     write_results(args.output, update)
+    results = json.loads(args.output.read_text())
+    judged = {
+        "goals": [asdict(goal) for goal in analysis.serving_goals(results)],
+        "tail_evidence": analysis.tail_evidence(results),
+    }
+    write_results(args.output, judged)
+    show_summary(results, print)
     print(f"\nwrote {args.output}")
     return 0
 
