@@ -16,10 +16,11 @@ classifier `cancer-classifier` and registers fault-injection versions, then meas
    empty admin token, and a process whose only model is still loading;
 2. stalled: 1,000 stalled connections (idle, partial headers, partial body; reopened when
    the server closes them) beside wrk at 8 connections on the pinned production path,
-   interleaved without, with, without, with: no error, p99 at most 2x, RSS bounded;
+   interleaved without, with, four times (medians): no error, p99 at most 2x, RSS bounded;
 3. hang: wrk on production beside unpinned traffic at a fixed rate of which staging takes
    10%, staging a plain version (without) or one whose predict sleeps 60 s (with),
-   interleaved: 0 production errors, p99 at most 1.2x.
+   interleaved four times (medians): 0 production errors, p99 at most 1.2x. The p99 of one
+   10 s run moves by +-40% between runs of the same condition, so two pairs were too few.
 
 The throughput goal (no regression) is `python -m bench.serving`'s; it is recorded here
 as a pointer only. Goals are judged from the recorded parts alone (`goals`), so `--show`
@@ -86,7 +87,7 @@ class Config:
     stalled_connections: int = 1000
     connections: int = 8
     duration_s: float = 10.0
-    repeats: int = 2
+    repeats: int = 4
     hang_split_percent: int = 10
     hang_rate_s: float = 20.0
     parts: tuple[str, ...] = PARTS

@@ -61,7 +61,10 @@ class ServingSettings(BaseSettings):
     max_in_flight: int = Field(512, gt=0, description="Beyond this, requests get a fast 503.")
     predict_timeout_s: float = Field(10, gt=0, description="Slower predictions get 504.")
     inline_below_ms: float = Field(
-        1.0, ge=0, description="Predict on the event loop when warm-up shows it is this fast."
+        0.0,
+        ge=0,
+        description="Predict on the event loop when warm-up shows it is this fast; 0: never. "
+        "No deadline can cut a predict on the loop short: one that hangs holds every request.",
     )
     model_cache_dir: Path | None = Field(
         None, description="Private (0700) download directory; default: a fresh temporary one."

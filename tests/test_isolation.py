@@ -168,6 +168,28 @@ def test_drain_drops_readiness_and_stop_never_waits_for_a_hung_predict(registere
     assert time.monotonic() - began < 1.5
 
 
+def test_by_default_a_predict_that_hangs_on_one_row_gets_504_and_holds_no_other(registered: str):
+    settings = ServingSettings(models=[INLINE_MODEL], aliases=["production"], predict_timeout_s=0.5)
+    with TestClient(create_app(settings)) as client:
+        wait_until(lambda: _states(client, INLINE_MODEL) == ["ready"], what="inline-clf")
+        assert not _inline(
+            client
+        )  # a fast version, yet on its threads: every predict has a deadline
+        path = f"/models/{INLINE_MODEL}/invocations"
+        hung: list[int] = []
+        sender = threading.Thread(
+            target=lambda: hung.append(client.post(path, json=_body(hang=True)).status_code)
+        )
+        sender.start()
+        time.sleep(0.1)
+        began = time.monotonic()
+        assert client.get("/health/live").status_code == 200
+        assert client.post(path, json=_body()).status_code == 200
+        assert time.monotonic() - began < 0.4
+        sender.join()
+        assert hung == [504]
+
+
 @pytest.fixture
 def inline_client(registered: str) -> Iterator[TestClient]:
     # inline under 50 ms, even on a busy machine; an inline call over 1 s ends inline predicts
