@@ -20,7 +20,7 @@ classifier `cancer-classifier` and registers fault-injection versions, then meas
 3. hang: wrk on production beside unpinned traffic at a fixed rate of which staging takes
    10%, staging a plain version (without) or one whose predict sleeps 60 s (with),
    interleaved four times (medians): 0 production errors, p99 at most 1.2x. The p99 of one
-   10 s run moves by +-40% between runs of the same condition, so two pairs were too few.
+   10 s run varies widely between runs of the same condition, so two pairs were too few.
 
 The throughput goal (no regression) is `python -m bench.serving`'s; it is recorded here
 as a pointer only. Goals are judged from the recorded parts alone (`goals`), so `--show`
