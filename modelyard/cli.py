@@ -8,6 +8,7 @@ import typer
 from pydantic import ValidationError
 
 from gates.cli import gate
+from gates.experiment_cli import experiment_app, feedback_app
 from registry.cli import history, promote, rollback
 from registry.client import bound_http_calls
 from serving.cli import serve
@@ -22,6 +23,8 @@ app = typer.Typer(
 )
 app.add_typer(train_app, name="train")
 app.add_typer(keys_app, name="keys")
+app.add_typer(experiment_app, name="experiment")
+app.add_typer(feedback_app, name="feedback")
 for command in (serve, gate, promote, rollback, history):
     app.command()(command)
 

@@ -1,0 +1,413 @@
+"""The prediction log and its feedback: the schema, the layout, and reading a window back.
+
+This module is the contract between the serving process that writes the log and everything
+that reads it (the experiment report, any engine: pyarrow, polars, DuckDB, Spark).
+
+Layout under a root (an `s3://bucket/prefix` URI or a local directory), Hive-partitioned:
+
+    <root>/predictions/model=<name>/date=<YYYY-MM-DD>/hour=<HH>/<replica>-<seq>.parquet
+    <root>/feedback/model=<name>/date=<YYYY-MM-DD>/<source>-<seq>.parquet
+
+`model`, `date` and `hour` live in the path only (URI-encoded, as Hive readers expect), never
+in the files; `date` and `hour` are those of the records' `ts`, in UTC. Files whose name starts
+with `.` or `_` are invisible to readers, so a writer writes `.<name>` and renames it.
+
+One prediction record per predicted row; sampling is per request (all its rows or none). An
+error response is one record, row 0, with the outputs null. Inputs are extra columns named
+`input.<column>` when the model stores them; readers that do not ask for them never read them.
+"""
+
+import hashlib
+import re
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Literal, TypeVar
+from urllib.parse import quote, urlsplit
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+PREDICTIONS, FEEDBACK = "predictions", "feedback"
+INPUT_PREFIX = "input."
+"""Prefix of the columns holding a row's inputs, when the model stores them."""
+ASSIGNMENTS = ("key", "random", "pinned", "fallback")
+"""How a request reached its alias: its routing key, weighted random choice, a pinned URL, or
+the fallback alias because the chosen one was not loaded."""
+Assignment = Literal["key", "random", "pinned", "fallback"]
+
+PREDICTION_SCHEMA = pa.schema(
+    [
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("row", pa.int32(), nullable=False),
+        pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("alias", pa.string(), nullable=False),
+        pa.field("version", pa.string(), nullable=False),
+        pa.field("run_id", pa.string()),
+        pa.field("assignment", pa.string(), nullable=False),
+        pa.field("salt", pa.string()),
+        pa.field("key_hash", pa.string()),
+        pa.field("sample_rate", pa.float64(), nullable=False),
+        pa.field("status", pa.int16(), nullable=False),
+        pa.field("latency_ms", pa.float64(), nullable=False),
+        pa.field("label", pa.int64()),
+        pa.field("probability", pa.float64()),
+        pa.field("prediction", pa.float64()),
+    ]
+)
+"""One record per predicted row, as written in every predictions file (inputs may follow).
+
+- `ts`: when the request was answered; `row`: the row's position in the request (0-based).
+- `assignment`: one of ASSIGNMENTS; `salt`: the split's salt when the request was routed.
+- `key_hash`: `key_hash(salt, key)` of the `X-Routing-Key`, never the key; null without one.
+- `sample_rate`: the share of requests logged when this one was (1.0: all).
+- `status`: the HTTP status answered; `latency_ms`: the request's, the same on all its rows.
+- `label`, `probability` (classifiers), `prediction` (regressors): the contract's outputs,
+  null where the task has no such column and on error records.
+"""
+FEEDBACK_SCHEMA = pa.schema(
+    [
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("row", pa.int32(), nullable=False),
+        pa.field("target", pa.float64(), nullable=False),
+        pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+"""One true target per predicted row, joined on (`request_id`, `row`); `ts`: when it arrived.
+A later label for the same row replaces an earlier one."""
+
+_S3_ENV = {
+    "access_key": "AWS_ACCESS_KEY_ID",
+    "secret_key": "AWS_SECRET_ACCESS_KEY",
+    "session_token": "AWS_SESSION_TOKEN",
+}
+T = TypeVar("T")
+_FILE_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
+
+
+class PredictionLogError(Exception):
+    """The log cannot be read or written: its root, a file, or the records given."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogRoot:
+    """Where a log lives: a pyarrow filesystem and the root's path on it (no scheme)."""
+
+    filesystem: pafs.FileSystem
+    path: str
+    location: str
+    """The root as the user gave it, for messages."""
+
+    def model_dir(self, kind: str, model: str) -> str:
+        """The directory of one model's predictions or feedback."""
+        return f"{self.path}/{kind}/model={quote(model, safe='')}"
+
+
+def open_root(location: str, environ: Mapping[str, str]) -> LogRoot:
+    """The log root at `location`: `s3://bucket/prefix` (S3 reached as MLflow reaches it:
+    `MLFLOW_S3_ENDPOINT_URL`, `AWS_*` from `environ`) or a local directory."""
+    if location.startswith("s3://"):
+        parts = urlsplit(location)
+        if not parts.netloc:
+            raise PredictionLogError(f"log root {location!r} names no bucket")
+        return LogRoot(_s3(environ), f"{parts.netloc}{parts.path}".rstrip("/"), location)
+    if "://" in location:
+        raise PredictionLogError(f"log root {location!r}: only s3:// URIs or local paths")
+    path = Path(location).expanduser().resolve().as_posix()
+    return LogRoot(pafs.LocalFileSystem(), path, location)
+
+
+def _s3(environ: Mapping[str, str]) -> pafs.S3FileSystem:
+    options: dict[str, object] = {
+        name: environ[var] for name, var in _S3_ENV.items() if environ.get(var)
+    }
+    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+    if region:
+        options["region"] = region
+    endpoint = environ.get("MLFLOW_S3_ENDPOINT_URL") or environ.get("AWS_ENDPOINT_URL_S3")
+    if endpoint:
+        parts = urlsplit(endpoint)
+        options["endpoint_override"] = parts.netloc or parts.path
+        options["scheme"] = parts.scheme or "https"
+    return pafs.S3FileSystem(**options)
+
+
+def key_hash(salt: str, key: str) -> str:
+    """The salted digest of a routing key as the log stores it (the key itself never is)."""
+    return hashlib.blake2b(f"{salt}\x00{key}".encode(), digest_size=16).hexdigest()
+
+
+def prediction_path(root: LogRoot, model: str, when: datetime, name: str) -> str:
+    """The path of a predictions file of `model` for the hour of `when` (UTC)."""
+    hour = when.astimezone(UTC)
+    return (
+        f"{root.model_dir(PREDICTIONS, model)}/date={hour:%Y-%m-%d}/hour={hour:%H}/{name}.parquet"
+    )
+
+
+def write_predictions(root: LogRoot, model: str, table: pa.Table, name: str) -> list[str]:
+    """Write records (PREDICTION_SCHEMA, then any `input.*` columns) as one file per hour they
+    span, each named `<name>.parquet` (`<replica>-<seq>`); return the paths written."""
+    _check_name(name)
+    table = _conform(table, PREDICTION_SCHEMA, extra_prefix=INPUT_PREFIX)
+    hours = pc.floor_temporal(table["ts"], unit="hour")
+    written = []
+    for hour in pc.unique(hours).to_pylist():
+        part = table.filter(pc.equal(hours, pa.scalar(hour, hours.type)))
+        path = prediction_path(root, model, hour, name)
+        _write_atomically(root, part, path)
+        written.append(path)
+    return written
+
+
+def write_feedback(root: LogRoot, model: str, table: pa.Table, name: str | None = None) -> str:
+    """Write labels (FEEDBACK_SCHEMA; `ts` defaults to now) under today's (UTC) feedback
+    partition as `<name>.parquet` (default: a fresh unique name); return the path."""
+    name = name or f"import-{uuid.uuid4().hex}"
+    _check_name(name)
+    arrived = datetime.now(UTC)
+    if "ts" not in table.column_names:
+        ts_type = FEEDBACK_SCHEMA.field("ts").type
+        table = table.append_column("ts", pa.array([arrived] * len(table), ts_type))
+    table = _conform(table, FEEDBACK_SCHEMA)
+    path = f"{root.model_dir(FEEDBACK, model)}/date={arrived:%Y-%m-%d}/{name}.parquet"
+    _write_atomically(root, table, path)
+    return path
+
+
+def _check_name(name: str) -> None:
+    if not _FILE_NAME.fullmatch(name) or name[0] in "._":
+        raise PredictionLogError(f"file name {name!r}: letters, digits, '.', '_', '-' only")
+
+
+def _conform(table: pa.Table, schema: pa.Schema, extra_prefix: str | None = None) -> pa.Table:
+    """`table` with the schema's columns first, cast to its types; extras only by prefix."""
+    missing = [f.name for f in schema if f.name not in table.column_names]
+    extra = [
+        n
+        for n in table.column_names
+        if n not in schema.names and not (extra_prefix and n.startswith(extra_prefix))
+    ]
+    if missing or extra:
+        raise PredictionLogError(f"records: missing columns {missing}, unexpected {extra}")
+    try:
+        columns = [table[f.name].cast(f.type) for f in schema]
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise PredictionLogError(f"records do not fit the log's schema: {exc}") from exc
+    others = [n for n in table.column_names if n not in schema.names]
+    return pa.table(columns + [table[n] for n in others], names=[*schema.names, *others])
+
+
+def _write_atomically(root: LogRoot, table: pa.Table, path: str) -> None:
+    """Readers see the whole file or none: local files are renamed into place; an S3 put is
+    atomic already."""
+    directory, file_name = path.rsplit("/", 1)
+    try:
+        root.filesystem.create_dir(directory, recursive=True)
+        if isinstance(root.filesystem, pafs.LocalFileSystem):
+            hidden = f"{directory}/.{file_name}"
+            pq.write_table(table, hidden, filesystem=root.filesystem)
+            root.filesystem.move(hidden, path)
+        else:
+            pq.write_table(table, path, filesystem=root.filesystem)
+    except OSError as exc:
+        raise PredictionLogError(f"cannot write {path} under {root.location}: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A half-open time range [since, until) in UTC; None: unbounded on that side."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def __post_init__(self) -> None:
+        for moment in (self.since, self.until):
+            if moment is not None and moment.tzinfo is None:
+                raise ValueError("window bounds must carry a time zone")
+        if self.since and self.until and self.since >= self.until:
+            raise ValueError("the window's start must come before its end")
+
+    def holds_date(self, day: date) -> bool:
+        """Whether any instant of that UTC day falls in the window."""
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        return self._overlaps(start, start + timedelta(days=1))
+
+    def holds_hour(self, day: date, hour: int) -> bool:
+        """Whether any instant of that UTC hour falls in the window."""
+        start = datetime(day.year, day.month, day.day, hour, tzinfo=UTC)
+        return self._overlaps(start, start + timedelta(hours=1))
+
+    def _overlaps(self, start: datetime, end: datetime) -> bool:
+        return (self.since is None or end > self.since) and (
+            self.until is None or start < self.until
+        )
+
+    def expression(self) -> ds.Expression | None:
+        """The row filter on `ts`."""
+        found = None
+        ts = ds.field("ts")
+        if self.since is not None:
+            found = ts >= pa.scalar(self.since, pa.timestamp("us", tz="UTC"))
+        if self.until is not None:
+            below = ts < pa.scalar(self.until, pa.timestamp("us", tz="UTC"))
+            found = below if found is None else found & below
+        return found
+
+
+def read_predictions(
+    root: LogRoot, model: str, window: Window, columns: Sequence[str] | None = None
+) -> pa.Table:
+    """A model's prediction records in `window`: only the date and hour partitions the window
+    touches are listed, only `columns` (default: the schema's) are read."""
+    wanted = list(columns or PREDICTION_SCHEMA.names)
+    files = _files(root, root.model_dir(PREDICTIONS, model), window, hourly=True)
+    return _read(root, files, PREDICTION_SCHEMA, wanted, window.expression())
+
+
+def read_feedback(root: LogRoot, model: str, since: datetime | None = None) -> pa.Table:
+    """A model's labels that arrived from `since` on, the latest per (request_id, row)."""
+    window = Window(since, None)
+    files = _files(root, root.model_dir(FEEDBACK, model), window, hourly=False)
+    table = _read(root, files, FEEDBACK_SCHEMA, FEEDBACK_SCHEMA.names, window.expression())
+    if table.num_rows == 0:
+        return table
+    ordered = table.sort_by([("ts", "ascending")])
+    positions = pa.array(range(ordered.num_rows), pa.int64())
+    last = (
+        ordered.append_column("_position", positions)
+        .group_by(["request_id", "row"], use_threads=False)
+        .aggregate([("_position", "max")])
+    )
+    return ordered.take(last["_position_max"])
+
+
+def _files(root: LogRoot, base: str, window: Window, *, hourly: bool) -> list[str]:
+    """The Parquet files under the partitions `window` touches (readers skip `.`/`_` files)."""
+    files = []
+    for day_dir, day in _partitions(root, base, "date", _parse_date):
+        if not window.holds_date(day):
+            continue
+        if not hourly:
+            files += _parquet_in(root, day_dir)
+            continue
+        for hour_dir, hour in _partitions(root, day_dir, "hour", int):
+            if window.holds_hour(day, hour):
+                files += _parquet_in(root, hour_dir)
+    return files
+
+
+def _partitions(
+    root: LogRoot, directory: str, key: str, parse: Callable[[str], T]
+) -> list[tuple[str, T]]:
+    found: list[tuple[str, T]] = []
+    for info in _list(root, directory, recursive=False):
+        if info.type != pafs.FileType.Directory or not info.base_name.startswith(f"{key}="):
+            continue
+        try:
+            found.append((info.path, parse(info.base_name.split("=", 1)[1])))
+        except ValueError:
+            continue  # not a partition of this layout
+    return found
+
+
+def _parquet_in(root: LogRoot, directory: str) -> list[str]:
+    return [
+        info.path
+        for info in _list(root, directory, recursive=True)
+        if info.type == pafs.FileType.File
+        and info.base_name.endswith(".parquet")
+        and info.base_name[0] not in "._"
+    ]
+
+
+def _list(root: LogRoot, directory: str, *, recursive: bool) -> Iterable[pafs.FileInfo]:
+    selector = pafs.FileSelector(directory, allow_not_found=True, recursive=recursive)
+    try:
+        return root.filesystem.get_file_info(selector)  # type: ignore[no-any-return]
+    except OSError as exc:
+        raise PredictionLogError(f"cannot list {directory} under {root.location}: {exc}") from exc
+
+
+def _parse_date(text: str) -> date:
+    return date.fromisoformat(text)
+
+
+def _read(
+    root: LogRoot,
+    files: list[str],
+    schema: pa.Schema,
+    columns: list[str],
+    row_filter: ds.Expression | None,
+) -> pa.Table:
+    unknown = [c for c in columns if c not in schema.names]
+    if unknown:
+        raise PredictionLogError(f"the log has no column {unknown[0]!r}")
+    try:
+        dataset = ds.dataset(files, schema=schema, format="parquet", filesystem=root.filesystem)
+        return dataset.to_table(columns=columns, filter=row_filter)
+    except (OSError, pa.ArrowException) as exc:
+        raise PredictionLogError(f"cannot read the log under {root.location}: {exc}") from exc
+
+
+MAX_REQUEST_ID = 200
+"""Longest request id accepted with a label (serving caps the ids it issues well below)."""
+
+
+class BadFeedback(PredictionLogError):
+    """Labels that cannot be stored; `problems` names each bad item by its position."""
+
+    def __init__(self, problems: list[tuple[int, str]], total: int) -> None:
+        shown = "; ".join(f"item {i}: {why}" for i, why in problems[:10])
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        super().__init__(f"{len(problems)} of {total} labels refused: {shown}{more}")
+        self.problems = problems
+
+
+def feedback_table(items: pd.DataFrame) -> pa.Table:
+    """Labels checked and typed for `write_feedback`: each item needs a non-empty
+    `request_id` (at most MAX_REQUEST_ID characters), a `row` that is an integer >= 0 and a
+    finite numeric `target`. Raises BadFeedback naming every bad item (0-based)."""
+    missing = [c for c in ("request_id", "row", "target") if c not in items.columns]
+    if missing:
+        raise PredictionLogError(
+            f"labels need the columns request_id, row, target; missing {missing}"
+        )
+    problems: dict[int, str] = {}
+    request_id = items["request_id"]
+    ids = request_id.astype("string")
+    bad_id = (
+        request_id.isna()
+        | (ids.str.len().fillna(0) == 0)
+        | (ids.str.len().fillna(0) > MAX_REQUEST_ID)
+    )
+    row = pd.to_numeric(items["row"], errors="coerce")
+    bad_row = row.isna() | (row < 0) | (row >= 2**31) | (row != np.floor(row))
+    target = pd.to_numeric(items["target"], errors="coerce")
+    bad_target = ~np.isfinite(target.to_numpy(dtype="float64", na_value=np.nan))
+    for mask, why in (
+        (
+            bad_id.to_numpy(dtype=bool),
+            f"request_id must be a non-empty string of at most {MAX_REQUEST_ID} characters",
+        ),
+        (bad_row.to_numpy(dtype=bool), "row must be an integer >= 0"),
+        (bad_target, "target must be a finite number"),
+    ):
+        for position in np.flatnonzero(mask):
+            problems.setdefault(int(position), why)
+    if problems:
+        raise BadFeedback(sorted(problems.items()), len(items))
+    return pa.table(
+        {
+            "request_id": pa.array(ids.astype(str).tolist(), pa.string()),
+            "row": pa.array(row.astype("int64").to_numpy(), pa.int32()),
+            "target": pa.array(target.to_numpy(dtype="float64"), pa.float64()),
+        }
+    )
