@@ -27,6 +27,8 @@ app.add_typer(experiment_app, name="experiment")
 app.add_typer(feedback_app, name="feedback")
 for command in (serve, gate, promote, rollback, history):
     app.command()(command)
+demo_app = typer.Typer(help="Try the platform on the embedded stack.", no_args_is_help=True)
+app.add_typer(demo_app, name="demo")
 
 
 @app.command()
@@ -58,6 +60,9 @@ def up() -> None:
             typer.echo(f"  MLflow UI    {settings.tracking_uri}")
             typer.echo(f"  S3 endpoint  {settings.s3_endpoint}  (keys in {stack.home}/s3.json)")
             typer.echo(f"  serving      {serving_url}  (admin token in {stack.home}/admin.token)")
+            env_file = stack.write_env_file(serving_url)
+            typer.echo(f"  prediction log  {stack.client_env()['MODELYARD_PREDICTION_LOG']}")
+            typer.echo(f"in another shell: source {env_file}; modelyard demo traffic")
             typer.echo("press Ctrl-C to stop")
             wait_forever()
     except StartupError as exc:
@@ -65,6 +70,49 @@ def up() -> None:
         raise typer.Exit(1) from exc
     except KeyboardInterrupt:
         typer.echo("stopped")
+
+
+@demo_app.command("traffic")
+def demo_traffic(
+    requests: Annotated[int, typer.Option(min=1, help="Requests to send.")] = 2_000,
+    label_delay: Annotated[
+        float, typer.Option(min=0, help="Seconds before the true labels are posted.")
+    ] = 5.0,
+    model: Annotated[str, typer.Option(help="The classifier to send rows to.")] = (
+        "cancer-classifier"
+    ),
+    staging_share: Annotated[
+        float,
+        typer.Option(min=0, max=100, help="Percent to staging, if the model has no split yet."),
+    ] = 50.0,
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Requests at once.")] = 8,
+    url: Annotated[
+        str, typer.Option(envvar="MODELYARD_SERVING_URL", help="The serving layer's URL.")
+    ] = "http://127.0.0.1:8000",
+    tracking_uri: Annotated[
+        str, typer.Option(envvar="MLFLOW_TRACKING_URI", help="The MLflow server.")
+    ] = "http://127.0.0.1:5000",
+) -> None:
+    """Send holdout rows with routing keys through the running server, then post their true
+    labels as feedback: an A/B test for `modelyard experiment report` to judge."""
+    from modelyard import traffic_demo
+    from registry.client import connect
+    from registry.errors import RegistryUnavailable
+
+    url = url.rstrip("/")
+    try:
+        traffic_demo.ensure_split(connect(tracking_uri), url, model, staging_share, typer.echo)
+        typer.echo(f"sending {requests} requests to {url} ({concurrency} at once)")
+        sent = traffic_demo.send(url, model, requests, concurrency, typer.echo)
+        statuses = ", ".join(f"{n} x {code}" for code, n in sorted(sent.statuses.items()))
+        typer.echo(f"answered: {statuses}")
+        typer.echo(f"posting {len(sent.labels)} labels in {label_delay:g} s")
+        time.sleep(label_delay)
+        accepted = traffic_demo.post_labels(url, model, sent.labels)
+    except (traffic_demo.DemoError, RegistryUnavailable) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"{accepted} labels accepted. Next: modelyard experiment report {model}")
 
 
 @app.command()

@@ -4,11 +4,13 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -64,6 +66,24 @@ class Stack:
             "AWS_SECRET_ACCESS_KEY": secret,
             "AWS_DEFAULT_REGION": "us-east-1",
         }
+
+    def client_env(self) -> dict[str, str]:
+        """What a client of the stack needs: the registry, the object store, the log's root."""
+        return self.s3_env() | {
+            "MLFLOW_TRACKING_URI": self.settings.tracking_uri,
+            "MODELYARD_PREDICTION_LOG": f"s3://{self.settings.bucket}/prediction-log",
+        }
+
+    def write_env_file(self, serving_url: str) -> Path:
+        """`<home>/modelyard.env` (mode 0600): the client environment as shell exports, for
+        the commands a user runs against the stack from another shell."""
+        path = self.home / "modelyard.env"
+        values = self.client_env() | {"MODELYARD_SERVING_URL": serving_url}
+        lines = [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write("\n".join(lines) + "\n")
+        return path
 
     # -- components ----------------------------------------------------------------------------
 
@@ -138,8 +158,7 @@ class Stack:
         s = self.settings
         url = f"http://{s.host}:{s.serving_port}"
         secret = self._secret_file("webhook.secret", lambda: secrets.token_urlsafe(32))
-        env = {
-            "MLFLOW_TRACKING_URI": s.tracking_uri,
+        env = self.client_env() | {
             "MODELYARD_WEBHOOK_SECRET": secret,
             "MODELYARD_STATE_DIR": str(self.home / "serving"),
             "MODELYARD_ADMIN_TOKEN": self._secret_file(

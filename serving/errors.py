@@ -208,3 +208,21 @@ class KeyExhausted(ServingError):
     def headers(self) -> dict[str, str]:  # type: ignore[override]
         """Retry-After in whole seconds."""
         return {"Retry-After": str(self.retry_after_s)}
+
+
+class FeedbackNotCollected(ServingError):
+    """No prediction log is configured, so labels have nowhere to go."""
+
+    status_code = 404
+    error_code = "RESOURCE_DOES_NOT_EXIST"
+
+    def __init__(self) -> None:
+        super().__init__("feedback is not collected here: MODELYARD_PREDICTION_LOG is not set")
+
+
+class FeedbackNotStored(ServingError):
+    """The prediction log's spool cannot take the labels now (full, or not writable)."""
+
+    status_code = 503
+    error_code = "TEMPORARILY_UNAVAILABLE"
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "30"}

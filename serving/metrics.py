@@ -155,6 +155,37 @@ class Metrics:
             registry=r,
         )
 
+        self.log_rows = Counter(
+            "modelyard_prediction_log_rows",
+            "Prediction records written to the spool of the prediction log.",
+            ["model"],
+            registry=r,
+        )
+        self.log_shipped = Counter(
+            "modelyard_prediction_log_shipped_rows",
+            "Prediction records shipped to the log's root.",
+            ["model"],
+            registry=r,
+        )
+        self.log_dropped = Counter(
+            "modelyard_prediction_log_dropped_rows",
+            "Prediction records dropped: queue_full, spool_full (the store was down too long) "
+            "or spool_failed (the spool could not be written).",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.log_ship_failures = Counter(
+            "modelyard_prediction_log_ship_failures",
+            "Attempts to ship a spooled file to the log's root that failed.",
+            registry=r,
+        )
+        self.log_spool_bytes = Gauge(
+            "modelyard_prediction_log_spool_bytes",
+            "Bytes of the prediction log waiting in the spool to be shipped.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+
     def version_served(
         self, model: str, alias: str, version: str, load_s: float, previous: str | None
     ) -> None:

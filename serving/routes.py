@@ -101,6 +101,25 @@ async def alias_invocations(
     return await _invoke(request, service, keyring, name, alias)
 
 
+@router.post("/models/{name}/feedback", status_code=202, tags=["feedback"])
+async def post_feedback(
+    name: str, request: Request, service: ServiceDep, keyring: KeyringDep
+) -> dict[str, int]:
+    """Labels for logged predictions: `{"feedback": [{"request_id", "row", "target"}]}`.
+    Stored for the experiment report, which joins them to the log on (request_id, row)."""
+    allowance = None
+    if keyring is not None:
+        key = await keyring.authenticate(request.headers)
+        allowance = keyring.admit(key, name, None, service.settings.required_alias)
+    try:
+        settings = service.settings
+        body = await _read_body(request, settings.max_body_bytes, settings.body_timeout_s)
+        return {"accepted": await service.store_feedback(name, body)}
+    finally:
+        if allowance is not None:
+            allowance.release()
+
+
 @router.get("/models", tags=["status"], dependencies=[StatusAccess])
 async def models(service: ServiceDep) -> dict[str, Any]:
     """Every served model: aliases -> version, state, last error, traffic split (not its salt).

@@ -11,10 +11,14 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+from registry.predictionlog import PredictionLogError
 from registry.refs import ModelRef
-from serving import protocol, traffic
+from serving import feedback, protocol, traffic
 from serving.batching import Batcher, BatchingStatus
+from serving.capture import PredictionCapture, Served, open_capture
 from serving.errors import (
+    FeedbackNotCollected,
+    FeedbackNotStored,
     ModelFailed,
     ModelNotReady,
     NothingServed,
@@ -24,10 +28,11 @@ from serving.errors import (
     UnknownVersion,
     VersionStuck,
 )
+from serving.inputs import Batch
 from serving.limits import DecodeLimits
 from serving.logs import TracebackLimiter
 from serving.metrics import Metrics
-from serving.model import LoadedModel
+from serving.model import LoadedModel, answer_rows
 from serving.settings import ServingSettings
 from serving.shadow import ShadowScorer
 from serving.slots import ServedModel, SlotTable
@@ -43,6 +48,9 @@ INLINE_SLOWDOWN = 20
 to its threads for good: on the event loop it held up every other request meanwhile."""
 STOP_TIMEOUT_S = 5.0
 """Stopping waits this long at most for the watcher's loads to be cancelled."""
+SHIP_ON_STOP_S = 2.0
+"""Stopping ships the prediction log's spool for this long at most; the rest waits in the
+spool for the next process."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +97,7 @@ class Service:
         self.metrics = Metrics()
         self.watcher = Watcher(settings, self.table, self.metrics)
         self.shadow = ShadowScorer(self.metrics)
+        self.capture: PredictionCapture | None = open_capture(settings, self.metrics)
         self.limits = DecodeLimits.of(settings)
         self.scoring = protocol.Scoring(self.limits)
         self._tracebacks = TracebackLimiter()
@@ -107,6 +116,8 @@ class Service:
     async def start(self) -> None:
         """Begin following the registry; loads happen in the background."""
         self._task = asyncio.create_task(self.watcher.run())
+        if self.capture is not None:
+            self.capture.start()
 
     def drain(self) -> None:
         """Answer readiness 503 "shutting down" from now on; requests are still served."""
@@ -116,6 +127,8 @@ class Service:
         """Stop polling, loading and every predict thread. Never waits for a predict: a thread
         still running one ends when it returns (they are daemons; exit does not wait)."""
         self._draining = True
+        if self.capture is not None:
+            await asyncio.to_thread(self.capture.close, SHIP_ON_STOP_S)
         stopping = asyncio.ensure_future(self._stop_following())
         await asyncio.wait({stopping}, timeout=STOP_TIMEOUT_S)
         self.shadow.stop()
@@ -215,12 +228,16 @@ class Service:
         """
         if started is None:
             started = time.perf_counter()
+        pinned = alias is not None or version is not None
         request_id = request_id or uuid.uuid4().hex
         loaded: LoadedModel | None = None
         error: ServingError | None = None
         extra: tuple[str, ...] = ()
         fallback, answer = False, protocol.Encoded(b"")
         codec = codec or self.scoring
+        served: ServedModel | None = None
+        batch: Batch | None = None
+        predictions: Any = None
         try:
             name = name or self.default_model()
             served = self.served(name)
@@ -246,6 +263,7 @@ class Service:
                 self.metrics.extra_columns.labels(name).inc()
             if batch is not None and batch.rows == 0:
                 answer = codec.encode([])
+                predictions = None
             else:
                 predictions = await self._predict(loaded, alias, decoded)
                 if alias == served.required_alias and self._shadow_sampled(name):
@@ -266,7 +284,24 @@ class Service:
             latency_s=time.perf_counter() - started,
         )
         self._record(outcome, name, alias, key)
+        if self.capture is not None and served is not None and outcome.ref is not None:
+            self._capture(served, outcome, routing_key, pinned, batch, predictions)
         return outcome
+
+    async def store_feedback(self, name: str, body: bytes) -> int:
+        """Spool the labels in `body` (see `serving.feedback`) for model `name`'s prediction
+        log; their count. 404 without a log or for a model not served, 400 naming bad items,
+        503 when the spool cannot take them."""
+        capture = self.capture
+        if capture is None:
+            raise FeedbackNotCollected()
+        self.served(name)
+        table = await asyncio.to_thread(feedback.labels, body)
+        try:
+            await asyncio.to_thread(capture.store_feedback, name, table)
+        except (PredictionLogError, OSError) as exc:
+            raise FeedbackNotStored(f"labels not stored: {exc}") from None
+        return int(table.num_rows)
 
     def refused(
         self,
@@ -311,6 +346,54 @@ class Service:
                     "key": key,
                 },
             )
+
+    def _capture(
+        self,
+        served: ServedModel,
+        outcome: Outcome,
+        routing_key: str | None,
+        pinned: bool,
+        batch: Batch | None,
+        predictions: Any,
+    ) -> None:
+        """Queue the request for the prediction log, when it is sampled."""
+        capture, ref = self.capture, outcome.ref
+        assert capture is not None
+        assert ref is not None
+        assert outcome.alias is not None
+        name = ref.name
+        if outcome.error is None:
+            rows = batch.rows if batch is not None else answer_rows(predictions)
+            if not rows:
+                return
+        else:
+            rows, predictions, batch = 1, None, None
+        if not capture.sampled(name):
+            return
+        if pinned:
+            assignment, salt = "pinned", None
+        else:
+            salt = served.split.salt
+            assignment = "fallback" if outcome.fallback else "key" if routing_key else "random"
+        capture.record(
+            name,
+            Served(
+                request_id=outcome.request_id,
+                ts_us=time.time_ns() // 1000,
+                alias=outcome.alias,
+                version=ref.version,
+                run_id=ref.run_id,
+                assignment=assignment,
+                salt=salt,
+                routing_key=routing_key if salt is not None else None,
+                sample_rate=capture.sample_rate(name),
+                status=outcome.status,
+                latency_ms=outcome.latency_s * 1000,
+                rows=rows,
+                outputs=predictions,
+                inputs=batch if capture.stores_inputs(name) else None,
+            ),
+        )
 
     def _shadow_sampled(self, name: str) -> bool:
         rate = self.settings.shadow.get(name, 0.0)

@@ -126,6 +126,32 @@ class ServingSettings(BaseSettings):
     batch_max_rows: int = Field(
         64, gt=0, le=10_000, description="Rows one merged predict takes at most."
     )
+    # The prediction log.
+    prediction_log: str | None = Field(
+        None,
+        description="Root of the prediction log: an s3:// URI (S3 reached through "
+        "MLFLOW_S3_ENDPOINT_URL and AWS_*) or a local directory; unset: nothing is logged.",
+    )
+    prediction_log_sample: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
+        {}, description="Per model, the share of requests logged (default 1: all)."
+    )
+    prediction_log_skip_inputs: Names = Field(
+        [], description="Models whose inputs are not stored with their predictions."
+    )
+    prediction_log_flush_s: float = Field(
+        1.0, gt=0, le=60, description="Queued records are written to the spool this often."
+    )
+    prediction_log_spool: Path | None = Field(
+        None,
+        description="Local directory of records waiting to be shipped; default: under the "
+        "state directory, else the temporary directory. Keep it across restarts.",
+    )
+    prediction_log_spool_max_bytes: int = Field(
+        1 * 2**30, gt=0, description="Spool size past which new records are dropped (counted)."
+    )
+    prediction_log_queue_rows: int = Field(
+        200_000, gt=0, description="Records waiting in memory at most; more are dropped (counted)."
+    )
     # Access.
     api_keys_file: Path | None = Field(
         None, description="File of salted key hashes; set, prediction endpoints need a key."
@@ -159,6 +185,11 @@ class ServingSettings(BaseSettings):
             raise ValueError(
                 f"required_alias '{self.required_alias}' must be one of aliases {self.aliases}"
             )
+        log = self.prediction_log
+        if log is not None and (
+            ("://" in log and not log.startswith("s3://")) or log.rstrip("/") == "s3:/"
+        ):
+            raise ValueError(f"prediction_log {log!r}: an s3://bucket URI or a local directory")
         for model, weights in self.traffic.items():
             try:
                 validate(weights)

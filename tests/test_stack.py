@@ -1,6 +1,8 @@
 """`modelyard up`: the embedded default starts, survives a restart, stops all its children."""
 
+import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -106,6 +108,46 @@ def test_up_serves_the_demo_models(first_run: tuple[Up, str], stack_env: dict[st
     )
     assert "cancer-classifier" in status.stdout
     assert "staging" in status.stdout
+
+
+def test_demo_traffic_feeds_an_experiment_report_on_both_arms(
+    first_run: tuple[Up, str], stack_env: dict[str, str], tmp_path: Path
+):
+    env = stack_env | _exports(Path(stack_env["MODELYARD_HOME"]) / "modelyard.env")
+    assert env["MODELYARD_PREDICTION_LOG"].startswith("s3://")
+    modelyard = [sys.executable, "-m", "modelyard"]
+    traffic = subprocess.run(
+        [*modelyard, "demo", "traffic", "--requests", "300", "--label-delay", "0"],
+        env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert traffic.returncode == 0, traffic.stderr
+    assert "300 labels accepted" in traffic.stdout
+    report_argv = [*modelyard, "experiment", "report", "cancer-classifier", "--format", "json",
+                   "--report-dir", str(tmp_path)]  # fmt: skip
+    deadline = time.monotonic() + 30
+    while True:  # the last second's rows and labels are still being shipped
+        report = subprocess.run(report_argv, env=env, capture_output=True, text=True, timeout=120)
+        assert report.returncode == 0, report.stderr
+        arms = json.loads(report.stdout)["arms"]
+        if sum(arm["labelled"] for arm in arms) == 300 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert {arm["alias"] for arm in arms} == {"production", "staging"}
+    assert sum(arm["requests"] for arm in arms) >= 300  # and the earlier tests' requests
+    assert sum(arm["labelled"] for arm in arms) == 300
+    client = MlflowClient(first_run[1])
+    experiment = client.get_experiment_by_name("modelyard-experiments")
+    assert experiment is not None, "the report is recorded in MLflow"
+    assert client.search_runs([experiment.experiment_id])
+
+
+def _exports(path: Path) -> dict[str, str]:
+    """The variables of a file of `export NAME=value` lines, as a shell would read them."""
+    values = {}
+    for line in path.read_text().splitlines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        values[name] = shlex.split(value)[0]
+    return values
 
 
 def test_up_port_in_use_gives_clear_message(stack_env: dict[str, str], first_run: tuple[Up, str]):
