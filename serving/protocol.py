@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from mlflow.exceptions import MlflowException
 from mlflow.types import Schema
 
+from registry.refs import ModelRef
 from serving import inputs
 from serving.errors import BadRequest, InvalidInput, UnsupportedMediaType
 from serving.inputs import Batch, InputSpec
@@ -61,7 +62,7 @@ class Codec(Protocol):
         self, body: bytes, content_type: str | None, spec: InputSpec | None, schema: Schema | None
     ) -> Decoded: ...
 
-    def encode(self, predictions: Any) -> Encoded: ...
+    def encode(self, predictions: Any, ref: ModelRef) -> Encoded: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +76,7 @@ class Scoring:
     ) -> Decoded:
         return decode(body, content_type, spec, schema, limits=self.limits)
 
-    def encode(self, predictions: Any) -> Encoded:
+    def encode(self, predictions: Any, ref: ModelRef) -> Encoded:
         return Encoded(encode(predictions))
 
 

@@ -262,13 +262,13 @@ class Service:
                 extra = batch.extra
                 self.metrics.extra_columns.labels(name).inc()
             if batch is not None and batch.rows == 0:
-                answer = codec.encode([])
+                answer = codec.encode([], loaded.ref)
                 predictions = None
             else:
                 predictions = await self._predict(loaded, alias, decoded)
                 if alias == served.required_alias and self._shadow_sampled(name):
                     self._shadow(served, loaded, decoded, predictions)
-                answer = codec.encode(predictions)
+                answer = codec.encode(predictions, loaded.ref)
         except ServingError as failure:
             error = failure
         outcome = Outcome(

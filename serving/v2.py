@@ -30,6 +30,7 @@ import orjson
 import pandas as pd
 from mlflow.types import ColSpec, DataType, Schema, TensorSpec
 
+from registry.refs import ModelRef
 from serving import inputs, protocol
 from serving.errors import BadRequest, ServingError, UnsupportedMediaType
 from serving.inputs import Batch, InputSpec
@@ -116,9 +117,9 @@ class V2Codec:
             return protocol.Decoded(batch=_batch(spec, columns))
         return protocol.Decoded(data=_frame(columns, [_declared(t) for t in tensors]))
 
-    def encode(self, predictions: Any) -> protocol.Encoded:
-        """The output tensors the request asked for (all by default), JSON or binary; none
-        for a request of zero rows (no model was asked)."""
+    def encode(self, predictions: Any, ref: ModelRef) -> protocol.Encoded:
+        """The output tensors the request asked for (all by default), JSON or binary, from
+        version `ref`; none for a request of zero rows (no model was asked)."""
         tensors = _output_arrays(predictions)
         if self.requested is not None and tensors:  # none for a request of zero rows
             known = dict(tensors)
@@ -136,9 +137,10 @@ class V2Codec:
             outputs.append(output)
             if chunk is not None:
                 chunks.append(chunk)
-        document: dict[str, Any] = {"outputs": outputs}
+        document: dict[str, Any] = {"model_name": ref.name, "model_version": ref.version}
         if self.request_id is not None:
-            document = {"id": self.request_id, **document}
+            document["id"] = self.request_id
+        document["outputs"] = outputs
         header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
         if not chunks:
             return protocol.Encoded(header)
@@ -175,19 +177,6 @@ class V2Codec:
 def error_body(error: ServingError) -> bytes:
     """The protocol's error document: `{"error": message}`."""
     return orjson.dumps({"error": str(error)})
-
-
-def with_model(
-    body: bytes, headers: tuple[tuple[str, str], ...], name: str, version: str
-) -> tuple[bytes, tuple[tuple[str, str], ...]]:
-    """An encoded answer with `model_name` and `model_version` first in its JSON (the codec
-    learns the version only after the request was routed); a binary answer's header length
-    grows to match."""
-    prefix = b'{"model_name":%b,"model_version":%b,' % (orjson.dumps(name), orjson.dumps(version))
-    grown = len(prefix) - 1  # in place of the body's opening brace
-    return prefix + body[1:], tuple(
-        (key, str(int(value) + grown) if key == HEADER_LENGTH else value) for key, value in headers
-    )
 
 
 def input_tensors(schema: Schema | None) -> list[Tensor]:

@@ -287,11 +287,6 @@ async def _infer(
 ) -> Response:
     codec = v2.V2Codec(service.limits, header_length, request.headers.get("content-encoding"))
     outcome = await prediction(request, service, keyring, name, None, codec=codec, version=version)
-    if outcome.error is None and outcome.ref is not None:
-        body, headers = v2.with_model(
-            outcome.body, outcome.headers, outcome.ref.name, outcome.ref.version
-        )
-        outcome = dataclasses.replace(outcome, body=body, headers=headers)
     return outcome_response(outcome, v2_error_response)
 
 

@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 
 from modelyard.cli import app as modelyard
 from registry.contract import Column
+from registry.refs import ModelRef
 from serving import v2
 from serving.app import create_app
 from serving.errors import ServingError
@@ -555,7 +556,7 @@ def test_the_codec_refuses_any_request_with_a_4xx_never_a_crash(
     answer = pd.DataFrame({"label": [1], "probability": [0.5]})
     try:
         decoded = codec.decode(header + tail, None, spec, None)
-        codec.encode(answer)
+        codec.encode(answer, ModelRef("fuzzed", "1"))
     except ServingError as error:
         status = error.status_code
     else:
