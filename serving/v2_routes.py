@@ -15,7 +15,6 @@ from serving.auth import Keyring, scrub
 from serving.errors import ServingError, UnknownVersion
 from serving.model import LoadedModel
 from serving.routes import (
-    KeyringDep,
     ServiceDep,
     StatusAccess,
     error_response,
@@ -158,28 +157,17 @@ HeaderLength = Annotated[
 
 
 @router.post("/models/{name}/infer", openapi_extra=INFER_DOC)
-async def infer(
-    name: str,
-    request: Request,
-    service: ServiceDep,
-    keyring: KeyringDep,
-    header_length: HeaderLength = None,
-) -> Response:
+async def infer(name: str, request: Request, header_length: HeaderLength = None) -> Response:
     """Inference, A/B-routed as /models/{name}/invocations (X-Routing-Key for sticky routing)."""
-    return await _infer(request, service, keyring, name, None, header_length)
+    return await _infer(request, name, None, header_length)
 
 
 @router.post("/models/{name}/versions/{version}/infer", openapi_extra=INFER_DOC)
 async def version_infer(
-    name: str,
-    version: str,
-    request: Request,
-    service: ServiceDep,
-    keyring: KeyringDep,
-    header_length: HeaderLength = None,
+    name: str, version: str, request: Request, header_length: HeaderLength = None
 ) -> Response:
     """Inference by the alias serving `version` now; 404 when none does."""
-    return await _infer(request, service, keyring, name, version, header_length)
+    return await _infer(request, name, version, header_length)
 
 
 @router.get("", response_model=ServerMetadataResponse)
@@ -278,13 +266,11 @@ def error_response_for(path: str, error: ServingError) -> Response:
 
 
 async def _infer(
-    request: Request,
-    service: Service,
-    keyring: Keyring | None,
-    name: str,
-    version: str | None,
-    header_length: str | None,
+    request: Request, name: str, version: str | None, header_length: str | None
 ) -> Response:
+    """Like the MLflow routes, the Service and keyring come from the app's state."""
+    service: Service = request.app.state.service
+    keyring: Keyring | None = request.app.state.keyring
     codec = v2.V2Codec(service.limits, header_length, request.headers.get("content-encoding"))
     outcome = await prediction(request, service, keyring, name, None, codec=codec, version=version)
     return outcome_response(outcome, v2_error_response)
