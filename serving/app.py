@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi.telemetry import TelemetryConfig
 
 from serving.admission import Admission
 from serving.auth import read_keyring
@@ -15,6 +16,9 @@ from serving.service import Service
 from serving.settings import ServingSettings
 from serving.v2_routes import error_response_for
 from serving.v2_routes import router as v2_router
+
+NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+"""FastAPI's OpenTelemetry off: each request would otherwise look up the global providers."""
 
 
 def create_app(settings: ServingSettings | None = None) -> FastAPI:
@@ -36,7 +40,12 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
 
     # /docs and /openapi.json are routes of ours, behind MODELYARD_PROTECT_STATUS when it is on
     app = FastAPI(
-        title="modelyard", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+        title="modelyard",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        telemetry=None if settings.opentelemetry else NO_TELEMETRY,
     )
     app.state.keyring = keyring
     app.include_router(predictions)  # the prediction routes first: see `routes.predictions`

@@ -27,7 +27,7 @@ the row an error message names.
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
@@ -56,16 +56,19 @@ class InputSpec:
 
     columns: tuple[Column, ...]
     strict: bool = False
+    names: list[str] = field(init=False, compare=False, repr=False)
+    """Column names in signature order (computed once: every request reads them)."""
+    known: frozenset[str] = field(init=False, compare=False, repr=False)
+    """The column names, as a set."""
+    all_double: bool = field(init=False, compare=False, repr=False)
+    """Every column is a required double: requests can become one float matrix."""
 
-    @property
-    def names(self) -> list[str]:
-        """Column names in signature order."""
-        return [c.name for c in self.columns]
-
-    @property
-    def all_double(self) -> bool:
-        """Every column is a required double: requests can become one float matrix."""
-        return all(c.type == "double" and c.required for c in self.columns)
+    def __post_init__(self) -> None:
+        names = [c.name for c in self.columns]
+        object.__setattr__(self, "names", names)
+        object.__setattr__(self, "known", frozenset(names))
+        double = all(c.type == "double" and c.required for c in self.columns)
+        object.__setattr__(self, "all_double", double)
 
     @classmethod
     def from_schema(cls, schema: Schema | None, *, strict: bool = False) -> "InputSpec | None":
@@ -245,7 +248,7 @@ def _column_index(spec: InputSpec, names: Sequence[str]) -> dict[str, int]:
 
 
 def _extras(spec: InputSpec, names: Any) -> tuple[str, ...]:
-    known = set(spec.names)
+    known = spec.known
     extra = tuple(sorted(str(n) for n in names if n not in known))
     if extra and spec.strict:
         names = ", ".join(f"'{shown(e)}'" for e in extra[:5])

@@ -105,10 +105,10 @@ class LoadedModel:
                 f"model '{self.ref.name}' does not accept missing values"
             )
         if request.batch is not None and self.native is not None:
-            return self.native(request.batch, self._params(request.params))
+            return _plain_labels(self.native(request.batch, self._params(request.params)))
         data = request.batch.frame() if request.batch is not None else request.data
         try:
-            return self.pyfunc.predict(data, params=request.params)
+            return _plain_labels(self.pyfunc.predict(data, params=request.params))
         except MlflowException as exc:
             if exc.error_code in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST"):
                 raise InvalidInput(protocol.first_line(exc.message)) from None
@@ -242,6 +242,14 @@ def repeated(batch: Batch, rows: int) -> Batch:
     if batch.matrix is not None:
         return Batch(batch.names, rows, matrix=batch.matrix[take])
     return Batch(batch.names, rows, arrays=tuple(a[take] for a in batch.arrays))
+
+
+def _plain_labels(answer: Any) -> Any:
+    """The answer, a DataFrame's column labels made plain Python objects here, in the predict
+    thread: pandas' Arrow-backed string labels take ~10 us to read back on the event loop."""
+    if isinstance(answer, pd.DataFrame) and answer.columns.dtype != object:
+        answer.columns = pd.Index(answer.columns.tolist(), dtype=object)
+    return answer
 
 
 def answer_rows(answer: Any) -> int | None:

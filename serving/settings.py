@@ -81,6 +81,11 @@ class ServingSettings(BaseSettings):
     retry_interval_s: float = Field(5, gt=0, description="Wait before retrying a failed load.")
     registry_timeout_s: float = Field(5, gt=0, description="Bound on every registry call.")
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    opentelemetry: bool = Field(
+        False,
+        description="FastAPI's OpenTelemetry spans, metrics and logs, sent to the providers "
+        "the process configures (opentelemetry-instrument); off, no request pays for them.",
+    )
     admin_token: SecretStr | None = Field(None, description="Bearer token for /admin routes.")
     webhook_secret: SecretStr | None = Field(
         None, description="Secret of the MLflow webhook; unset, /webhooks/mlflow refuses all."
