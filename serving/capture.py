@@ -7,10 +7,10 @@ names (`<replica>-<seq>`), so a file shipped twice (a kill between upload and de
 same file written again. Labels posted to the feedback route are spooled and shipped the same
 way.
 
-What can be lost: on SIGKILL, the rows still queued (at most one flush interval); on SIGTERM,
-nothing (the queue is rolled into the spool, which the next process on it ships). While the
-store is down the spool grows up to its cap; past it, rows are dropped and counted. Requests
-are never slowed or failed by the log.
+What can be lost: on SIGKILL, the rows still queued (those of the last flush interval, and of
+the spool write under way, if any); on SIGTERM, nothing (the queue is rolled into the spool,
+which the next process on it ships). While the store is down the spool grows up to its cap;
+past it, rows are dropped and counted. Requests are never slowed or failed by the log.
 
 Spool layout: `<spool>/<replica>/{predictions,feedback}/<model, URI-encoded>/<seq>.parquet`.
 A process holds an flock on its replica directory for its life; one that finds another
@@ -186,7 +186,12 @@ class PredictionCapture:
         self._lock_file.close()
 
     def _roll_loop(self) -> None:
-        while not self._stopping.wait(self.flush_s):
+        """Roll on a fixed schedule (a slow roll does not stretch the next interval)."""
+        deadline = time.monotonic()
+        while True:
+            deadline = max(deadline + self.flush_s, time.monotonic())
+            if self._stopping.wait(deadline - time.monotonic()):
+                break
             self._roll()
         self._roll()
 
