@@ -25,11 +25,13 @@ from numpy.typing import NDArray
 from gates import sequential
 from gates.sequential import Difference, Srm
 from registry import predictionlog, runs, versions
+from registry import split as split_tag
 from registry.client import Client
 from registry.errors import AliasNotFound
 from registry.predictionlog import LogRoot, Window
 from registry.quality import HIGHER_IS_BETTER, PROBABILITY_CLIP
 from registry.refs import ModelRef
+from registry.split import Split
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ DECISION_TAG = "modelyard.experiment.decision"
 """Model-version tag: the decision of the latest experiment report that compared it."""
 RUN_ID_TAG = "modelyard.experiment.run_id"
 """Model-version tag: the MLflow run holding that report."""
-TRAFFIC_TAG = "modelyard.traffic"
+TRAFFIC_TAG = split_tag.TAG
 """Registered-model tag holding the split: `{"production": 90, "staging": 10, "salt": "x"}`."""
 
 Decision = Literal[
@@ -58,16 +60,6 @@ _COLUMNS = (
     "latency_ms", "label", "probability", "prediction",
 )  # fmt: skip
 _TIMELINE_POINTS = 40
-
-
-@dataclass(frozen=True, slots=True)
-class Split:
-    """The configured weights per alias and salt, from the model's traffic tag."""
-
-    weights: Mapping[str, float]
-    salt: str
-    problem: str | None = None
-    """Why no weights are known (no tag, or one that cannot be read)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,21 +166,7 @@ class Report:
 
 def configured_split(client: Client, name: str) -> Split:
     """The split the model's traffic tag sets; weights empty (with the reason) without one."""
-    tags = client.get_registered_model(name).tags or {}
-    value = tags.get(TRAFFIC_TAG)
-    if value is None:
-        return Split({}, "", f"no {TRAFFIC_TAG} tag: the split's weights are unknown")
-    try:
-        document = json.loads(value)
-        salt = document.pop("salt", "")
-        weights = {str(a): float(w) for a, w in document.items()}
-        if not isinstance(salt, str) or not all(
-            math.isfinite(w) and w >= 0 for w in weights.values()
-        ):
-            raise ValueError("weights must be finite and >= 0, salt a string")
-    except (ValueError, TypeError, AttributeError) as exc:
-        return Split({}, "", f"{TRAFFIC_TAG} cannot be read: {exc}")
-    return Split(weights, salt)
+    return split_tag.read(client, name)
 
 
 def run(client: Client, root: LogRoot, spec: ExperimentSpec) -> Report:

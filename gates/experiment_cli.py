@@ -1,12 +1,14 @@
-"""`modelyard experiment report` and `modelyard feedback import`.
+"""`modelyard experiment report`, `modelyard experiment check` and `modelyard feedback import`.
 
 Exit codes: 0 the report was made (whatever it decided) or the labels were stored; 2 it could
 not be done (unknown model, a log that cannot be read, labels refused, registry unreachable).
+`experiment check`: 0 every guard passed, 1 a guard breached, 2 no data (or could not check).
 The reason goes to stderr, never a traceback.
 """
 
+import json
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -108,6 +110,69 @@ def report(
     typer.echo(render(made), nl=False)
 
 
+@experiment_app.command()
+def check(
+    name: Name,
+    log: LogOption,
+    guard: Annotated[
+        Path, typer.Option("--guard", help="The rollout guards (YAML; see rollout.yaml).")
+    ] = Path("rollout.yaml"),
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Start of the window (ISO 8601; UTC unless it says; default: 10 minutes ago).",
+            show_default=False,
+        ),
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="End of the window, excluded.")] = None,
+    candidate: Annotated[str, typer.Option(help="The candidate's alias.")] = "staging",
+    baseline: Annotated[str, typer.Option(help="The baseline's alias.")] = "production",
+    output: Annotated[Format, typer.Option("--format", help="What to print.")] = Format.text,
+) -> None:
+    """One evaluation of the rollout guards over a window of the log: exit 0 pass, 1 breach,
+    2 no data. For an Argo Rollouts Job metric or a Flagger webhook."""
+    from registry.predictionlog import Window
+
+    try:
+        start = _moment(since, "--since") or datetime.now(UTC) - timedelta(minutes=10)
+        window = Window(start, _moment(until, "--until"))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    quiet_mlflow()
+    try:
+        from gates import rollout_guards, rollout_policy
+        from gates.errors import GateError
+        from registry import versions
+        from registry.client import connect
+        from registry.predictionlog import open_root
+
+        policy, _ = rollout_policy.load(guard)
+        if policy.model is not None and policy.model != name:
+            raise GateError(f"the guards in {guard} are for model '{policy.model}', not '{name}'")
+        client = connect()
+        candidate_ref = versions.resolve(client, name, candidate)
+        baseline_ref = versions.resolve(client, name, baseline)
+        root = open_root(log, os.environ)
+        predictions, feedback = rollout_guards.read(root, name, window, window.since)
+        found = rollout_guards.evaluate(
+            policy, predictions, feedback, candidate_ref, baseline_ref, window.since
+        )
+    except Exception as exc:
+        exit_with(could_not("check", exc, (*_known(), GateError)), 2)
+    code = {"pass": 0, "breach": 1, "no_data": 2}[found.outcome]
+    if output == Format.json:
+        typer.echo(json.dumps(found.document() | {"exit_code": code}, indent=2))
+    else:
+        until_text = window.until.isoformat() if window.until else "now"
+        typer.echo(
+            f"check {name}: {candidate_ref} vs {baseline_ref}, from {start.isoformat()} to "
+            f"{until_text}: {found.outcome.replace('_', ' ').upper()}"
+        )
+        for result in found.guards:
+            typer.echo(f"  {result.line()}")
+    raise typer.Exit(code)
+
+
 @feedback_app.command("import")
 def import_labels(
     name: Name,
@@ -141,16 +206,9 @@ def _known() -> tuple[type[Exception], ...]:
 
 def _check_model(client: "Client", name: str) -> None:
     """Raise ModelNotFound unless the registry has a model of that name."""
-    from mlflow.exceptions import MlflowException
+    from registry.rollouts import snapshot
 
-    from registry.errors import ModelNotFound
-
-    try:
-        client.get_registered_model(name)
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise
-        raise ModelNotFound(name) from None
+    snapshot(client, name)
 
 
 def _labels(file: Path) -> "pa.Table":

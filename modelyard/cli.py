@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from gates.cli import gate
 from gates.experiment_cli import experiment_app, feedback_app
+from gates.rollout_cli import rollout_app
 from registry.cli import history, promote, rollback
 from registry.client import bound_http_calls
 from serving.cli import serve
@@ -25,6 +26,7 @@ app.add_typer(train_app, name="train")
 app.add_typer(keys_app, name="keys")
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(feedback_app, name="feedback")
+app.add_typer(rollout_app, name="rollout")
 for command in (serve, gate, promote, rollback, history):
     app.command()(command)
 demo_app = typer.Typer(help="Try the platform on the embedded stack.", no_args_is_help=True)

@@ -54,7 +54,12 @@ CUT_MARKER = " [cut]"
 """Ends a reason or actor shortened to keep the event within TAG_VALUE_LIMIT."""
 _MAX_ACTOR = 200
 
-Kind = Literal["promote", "rollback", "outside"]
+Kind = Literal["promote", "rollback", "outside", "rollout", "rollout-rollback"]
+"""`promote`, `rollback` and `outside` move the alias; `rollout` (a step of a progressive
+rollout, or its end) and `rollout-rollback` (the candidate's traffic weight set to 0) change
+the traffic split and leave the alias where it is."""
+MOVE_KINDS: tuple[str, ...] = ("promote", "rollback", "outside")
+"""The kinds of event that move an alias: the only ones rollback and drift detection follow."""
 State = Literal["pending", "applied", "not applied"]
 _STATES: tuple[str, ...] = get_args(State)
 
@@ -204,8 +209,15 @@ def decode(tags: dict[str, str]) -> list[Move]:
 
 
 def last_move(moves: list[Move], alias: str) -> Move | None:
-    """The most recent recorded move of `alias` that was not refused."""
-    return next((m for m in reversed(moves) if m.alias == alias and m.state != "not applied"), None)
+    """The most recent recorded move of `alias` that was not refused (traffic events aside)."""
+    return next(
+        (
+            m
+            for m in reversed(moves)
+            if m.alias == alias and m.state != "not applied" and m.kind in MOVE_KINDS
+        ),
+        None,
+    )
 
 
 def unrecorded_move(
@@ -372,7 +384,7 @@ def _settle(
     """The moves once the alias's last pending event is settled from where the alias points
     (applied if at its destination, not applied if still at its origin) and a move made
     outside modelyard is recorded."""
-    last = next((m for m in reversed(moves) if m.alias == alias), None)
+    last = next((m for m in reversed(moves) if m.alias == alias and m.kind in MOVE_KINDS), None)
     if last is not None and last.state == "pending":
         state: State | None = None
         if current == last.to_version:
@@ -413,6 +425,35 @@ def notice_outside_move(
     )
     _write(client, name, move)
     logger.warning("%s@%s was moved outside modelyard: %s -> %s", name, alias, recorded, actual)
+    return move
+
+
+def record_traffic(
+    client: MlflowClient,
+    name: str,
+    alias: str,
+    version: str,
+    *,
+    kind: Literal["rollout", "rollout-rollback"],
+    reason: str,
+    who: str | None = None,
+) -> Move:
+    """Record a change of the traffic split that concerns `alias` (naming `version`, which it
+    keeps naming): a rollout step or end, or the candidate's weight set to 0. Written once the
+    split is written, as applied; rollback and drift detection skip it."""
+    _, moves = read(client, name)
+    move = new_move(
+        alias,
+        version,
+        version,
+        actor=who or actor(),
+        reason=reason,
+        kind=kind,
+        seq=_next(moves),
+        state="applied",
+    )
+    _write(client, name, move)
+    logger.info("%s %s@%s v%s: %s", kind, name, alias, version, move.reason)
     return move
 
 

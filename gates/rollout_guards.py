@@ -1,0 +1,570 @@
+"""The rollout guards judged on the prediction log: a pure function of the records.
+
+Each guard ends `pass`, `breach` or `no_data`, with the figures it was judged on:
+
+- `requests`: the candidate answered at least `min_requests_per_step` requests in the step.
+- `error_rate`: the candidate's share of requests answered 5xx stays within `max`.
+- `latency_p99_ratio`: the candidate's p99 stays within `max` times the baseline's, both
+  measured in the same step (not judged where the baseline takes no traffic).
+- `agreement`: where both versions answered the same row (shadowed rows), they agree on at
+  least `min` of them.
+- a label metric (`accuracy`, `log_loss`, `rmse`, `mae`): candidate - baseline regresses by
+  no more than `max_regression`, judged on the experiment report's always-valid 95% confidence
+  sequence over the whole rollout once both arms have `min_labels` labelled rows.
+
+A guard breaches on evidence, never on one noisy figure. For the three shares (errors, rows
+slower than `max` x the baseline's p99, disagreements) the test is the same: under "within the
+bound" the count of bad requests among n is at most Binomial(n, p0), and the average of the
+likelihood ratios of a few alternatives p1 > p0 is a nonnegative supermartingale, so by
+Ville's inequality it ever reaches 1/alpha (20) with probability at most alpha (5%), however
+often it is looked at. A candidate failing 1 request in 20 against `max: 0.01` reaches it after
+about 100 requests; one failing 1 in 200 essentially never does. The p99 ratio is reported,
+but the breach is decided by the share of candidate requests slower than `max` x the baseline's
+p99 (more than 1% of them means the candidate's p99 is beyond the bound), so a p99 taken from a
+hundred requests cannot roll back a healthy candidate on one slow request.
+"""
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+from numpy.typing import ArrayLike, NDArray
+
+from gates import experiment, sequential
+from gates.rollout_policy import GuardPolicy
+from registry import predictionlog
+from registry.predictionlog import LogRoot, Window
+from registry.quality import HIGHER_IS_BETTER
+from registry.refs import ModelRef
+from registry.split import Split
+
+Outcome = Literal["pass", "breach", "no_data"]
+Figure = float | int | str | None
+
+EVIDENCE = 1 / sequential.ALPHA
+"""The evidence (e-value) at which a guard breaches: 20, for a 5% chance of a false breach."""
+ALTERNATIVES = (1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0)
+"""The alternatives mixed by the evidence, as multiples of the bound's share."""
+LATENCY_SHARE = 0.01
+"""The share of requests a p99 leaves above it."""
+COLUMNS = (
+    "request_id", "row", "ts", "alias", "version", "assignment", "salt", "status",
+    "latency_ms", "label", "probability", "prediction",
+)  # fmt: skip
+"""The log's columns the guards read."""
+
+
+@dataclass(frozen=True, slots=True)
+class GuardResult:
+    """One guard's outcome, the bound, the figures it was judged on, and a line saying so."""
+
+    name: str
+    outcome: Outcome
+    required: bool
+    """Whether `no_data` holds the step back (else the guard is judged once data exists)."""
+    bound: str
+    summary: str
+    figures: Mapping[str, Figure] = field(default_factory=dict)
+
+    def line(self) -> str:
+        """`error_rate (max 0.01): BREACH: candidate 5.2% ...`."""
+        word = {"pass": "pass", "breach": "BREACH", "no_data": "no data"}[self.outcome]
+        bound = f" ({self.bound})" if self.bound else ""
+        return f"{self.name}{bound}: {word}: {self.summary}"
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """Every guard judged over one window of the log."""
+
+    outcome: Outcome
+    guards: tuple[GuardResult, ...]
+    candidate: ModelRef
+    baseline: ModelRef
+    since: str | None
+    """Where the step's window starts (the label metric looks back to the rollout's start)."""
+    rows_read: int
+    labels_read: int
+
+    @property
+    def breached(self) -> tuple[GuardResult, ...]:
+        """The guards that breached."""
+        return tuple(g for g in self.guards if g.outcome == "breach")
+
+    @property
+    def waiting(self) -> tuple[GuardResult, ...]:
+        """The required guards that have no data yet."""
+        return tuple(g for g in self.guards if g.outcome == "no_data" and g.required)
+
+    def reason(self) -> str:
+        """Why the outcome: the breached guards' lines, else the ones still without data."""
+        found = self.breached or self.waiting
+        return "; ".join(g.line() for g in found) if found else "every guard passed"
+
+    def metrics(self) -> dict[str, float]:
+        """The numeric figures, as `<guard>.<figure>`, and each guard's outcome (1 breach,
+        0 pass, -1 no data)."""
+        values: dict[str, float] = {}
+        code = {"breach": 1.0, "pass": 0.0, "no_data": -1.0}
+        for guard in self.guards:
+            values[f"{guard.name}.outcome"] = code[guard.outcome]
+            for key, value in guard.figures.items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    values[f"{guard.name}.{key}"] = float(value)
+        return values
+
+    def document(self) -> dict[str, object]:
+        """The evaluation as JSON-ready data (undefined numbers as None)."""
+        return {
+            "outcome": self.outcome,
+            "candidate": str(self.candidate),
+            "baseline": str(self.baseline),
+            "since": self.since,
+            "rows_read": self.rows_read,
+            "labels_read": self.labels_read,
+            "guards": [
+                {
+                    "name": g.name,
+                    "outcome": g.outcome,
+                    "required": g.required,
+                    "bound": g.bound,
+                    "summary": g.summary,
+                    "figures": {k: _finite(v) for k, v in g.figures.items()},
+                }
+                for g in self.guards
+            ],
+        }
+
+
+def evidence(bad: int, n: int, share: float) -> float:
+    """The evidence that more than `share` of all requests are bad, from `bad` of `n`: the
+    average likelihood ratio of the ALTERNATIVES against `share` (1 with no requests)."""
+    return float(evidence_many(np.asarray([bad]), np.asarray([n]), share)[0])
+
+
+def evidence_many(bad: ArrayLike, n: ArrayLike, share: float) -> NDArray[np.float64]:
+    """`evidence` for arrays of counts at once (the simulations use it)."""
+    bad = np.asarray(bad, dtype="float64")[..., None]
+    n = np.asarray(n, dtype="float64")[..., None]
+    alternatives = np.unique(np.minimum(share * np.asarray(ALTERNATIVES), 0.999))
+    alternatives = alternatives[alternatives > share]
+    logs = bad * np.log(alternatives / share) + (n - bad) * (
+        np.log1p(-alternatives) - math.log1p(-share)
+    )
+    with np.errstate(over="ignore"):
+        found = np.mean(np.exp(np.minimum(logs, 700.0)), axis=-1)
+    found = np.where(np.max(logs, axis=-1) >= 700.0, np.inf, found)
+    return np.where(n[..., 0] > 0, found, 1.0)
+
+
+def evaluate(
+    policy: GuardPolicy,
+    predictions: pa.Table,
+    feedback: pa.Table,
+    candidate: ModelRef,
+    baseline: ModelRef,
+    since: datetime | None = None,
+    *,
+    concurrent: bool = True,
+) -> Evaluation:
+    """Judge every guard: requests, errors, latency and agreement on the records from `since`
+    (the step's window), label metrics on all of `predictions` (the rollout's window).
+
+    `concurrent` False (a step where the baseline takes no traffic): latency is not judged.
+    The baseline's requests in such a step are the few answered before every replica followed
+    the split, under another load; comparing with them would roll back a healthy candidate
+    for carrying all of the load (the first benchmark run did exactly that)."""
+    step = predictions
+    if since is not None:
+        after = pc.greater_equal(predictions["ts"], pa.scalar(since, pa.timestamp("us", "UTC")))
+        step = predictions.filter(after)
+    guards = policy.guards
+    minimum = policy.min_requests_per_step
+    candidate_step = _arm(step, candidate)
+    results = [_requests(candidate_step, minimum)]
+    if guards.error_rate is not None:
+        results.append(_error_rate(candidate_step, guards.error_rate.max, minimum))
+    if guards.latency_p99_ratio is not None:
+        ratio = guards.latency_p99_ratio.max
+        if concurrent:
+            results.append(_latency(candidate_step, _arm(step, baseline), ratio, minimum))
+        else:
+            results.append(_latency_not_judged(ratio))
+    if guards.agreement is not None:
+        results.append(_agreement(step, candidate, baseline, guards.agreement.min, minimum))
+    metrics = guards.metrics()
+    if metrics:
+        analysis = experiment.analyse(predictions, _typed(feedback), Split(), candidate, baseline)
+        for name, bound in metrics.items():
+            results.append(
+                _label_metric(
+                    analysis, name, bound.max_regression, policy.min_labels, policy.require_labels
+                )
+            )
+    outcome: Outcome = "pass"
+    if any(r.outcome == "breach" for r in results):
+        outcome = "breach"
+    elif any(r.outcome == "no_data" and r.required for r in results):
+        outcome = "no_data"
+    return Evaluation(
+        outcome,
+        tuple(results),
+        candidate,
+        baseline,
+        since.isoformat() if since else None,
+        predictions.num_rows,
+        feedback.num_rows,
+    )
+
+
+def read(
+    root: LogRoot, model: str, window: Window, labels_since: datetime | None
+) -> tuple[pa.Table, pa.Table]:
+    """The records the guards read: the window's predictions and the labels since then."""
+    predictions = predictionlog.read_predictions(root, model, window, COLUMNS)
+    return predictions, predictionlog.read_feedback(root, model, labels_since)
+
+
+class LogReader:
+    """A model's log from `since` on, read as it grows: each file once, kept in memory.
+
+    A controller checks every few seconds while the log grows by a file per replica per flush.
+    Files are immutable once visible (written whole, then renamed or put once), so a file read
+    is never read again; and a file last modified more than SKEW_S before `since` holds no
+    record of the window (a record is answered before its file is written), so it is never
+    read at all. Memory grows with the window's records (the guards' columns only).
+    """
+
+    SKEW_S = 30.0
+    """Clock difference allowed between the replicas, the store and the controller."""
+
+    def __init__(self, root: LogRoot, model: str, since: datetime) -> None:
+        self.root = root
+        self.model = model
+        self.window = Window(since, None)
+        self._seen: set[str] = set()
+        self._predictions = PREDICTIONS.empty_table()
+        self._feedback = predictionlog.FEEDBACK_SCHEMA.empty_table()
+
+    def read(self, *, labels: bool) -> tuple[pa.Table, pa.Table]:
+        """The predictions since `since`, and (with `labels`) the labels that arrived since,
+        the latest per (request_id, row); files new since the last call are read."""
+        self._predictions = self._add(
+            self._predictions, predictionlog.PREDICTIONS, predictionlog.PREDICTION_SCHEMA
+        )
+        if not labels:
+            return self._predictions, predictionlog.FEEDBACK_SCHEMA.empty_table()
+        self._feedback = self._add(
+            self._feedback, predictionlog.FEEDBACK, predictionlog.FEEDBACK_SCHEMA
+        )
+        return self._predictions, _latest(self._feedback)
+
+    def _add(self, table: pa.Table, kind: str, schema: pa.Schema) -> pa.Table:
+        new = [path for path in self._files(kind) if path not in self._seen]
+        if not new:
+            return table
+        try:
+            dataset = ds.dataset(
+                new, schema=schema, format="parquet", filesystem=self.root.filesystem
+            )
+            found = dataset.to_table(columns=table.schema.names, filter=self.window.expression())
+        except (OSError, pa.ArrowException) as exc:
+            raise predictionlog.PredictionLogError(
+                f"cannot read the log under {self.root.location}: {exc}"
+            ) from exc
+        self._seen.update(new)
+        return pa.concat_tables([table, found.cast(table.schema)]).combine_chunks()
+
+    def _files(self, kind: str) -> list[str]:
+        """The Parquet files of the partitions the window touches, modified late enough."""
+        since = self.window.since
+        assert since is not None
+        oldest = since.timestamp() - self.SKEW_S
+        directories = []
+        for day_dir, day in self._partitions(self.root.model_dir(kind, self.model), "date"):
+            if not self.window.holds_date(date.fromisoformat(day)):
+                continue
+            if kind == predictionlog.FEEDBACK:
+                directories.append(day_dir)
+                continue
+            directories += [
+                hour_dir
+                for hour_dir, hour in self._partitions(day_dir, "hour")
+                if self.window.holds_hour(date.fromisoformat(day), int(hour))
+            ]
+        return [
+            info.path
+            for directory in directories
+            for info in self._list(directory, recursive=True)
+            if info.type == pafs.FileType.File
+            and info.base_name.endswith(".parquet")
+            and info.base_name[0] not in "._"
+            and (info.mtime is None or info.mtime.timestamp() >= oldest)
+        ]
+
+    def _partitions(self, directory: str, key: str) -> list[tuple[str, str]]:
+        found = []
+        for info in self._list(directory, recursive=False):
+            name = info.base_name
+            if info.type == pafs.FileType.Directory and name.startswith(f"{key}="):
+                value = name.split("=", 1)[1]
+                try:
+                    date.fromisoformat(value) if key == "date" else int(value)
+                except ValueError:
+                    continue  # not a partition of this layout
+                found.append((info.path, value))
+        return found
+
+    def _list(self, directory: str, *, recursive: bool) -> list[pafs.FileInfo]:
+        selector = pafs.FileSelector(directory, allow_not_found=True, recursive=recursive)
+        try:
+            return list(self.root.filesystem.get_file_info(selector))
+        except OSError as exc:
+            raise predictionlog.PredictionLogError(
+                f"cannot list {directory} under {self.root.location}: {exc}"
+            ) from exc
+
+
+PREDICTIONS = pa.schema([predictionlog.PREDICTION_SCHEMA.field(name) for name in COLUMNS])
+"""The predictions' columns the guards read."""
+
+
+def _latest(feedback: pa.Table) -> pa.Table:
+    """The latest label per (request_id, row), as read_feedback keeps them."""
+    if feedback.num_rows == 0:
+        return feedback
+    ordered = feedback.sort_by([("ts", "ascending")])
+    positions = pa.array(range(ordered.num_rows), pa.int64())
+    last = (
+        ordered.append_column("_position", positions)
+        .group_by(["request_id", "row"], use_threads=False)
+        .aggregate([("_position", "max")])
+    )
+    return ordered.take(last["_position_max"])
+
+
+@dataclass(frozen=True, slots=True)
+class _ArmRecords:
+    """One version's requests in a window: how many, how many failed, answered latencies."""
+
+    requests: int
+    errors: int
+    answered: NDArray[np.float64]
+
+
+def _arm(table: pa.Table, ref: ModelRef) -> _ArmRecords:
+    mine = pc.and_(
+        pc.and_(pc.equal(table["alias"], ref.alias or ""), pc.equal(table["version"], ref.version)),
+        pc.equal(table["row"], 0),
+    )
+    requests = table.filter(mine)
+    status = requests["status"].to_numpy().astype("int64")
+    latency = requests["latency_ms"].to_numpy().astype("float64")
+    return _ArmRecords(int(status.size), int((status >= 500).sum()), latency[status < 500])
+
+
+def _requests(candidate: _ArmRecords, minimum: int) -> GuardResult:
+    enough = candidate.requests >= minimum
+    return GuardResult(
+        "requests",
+        "pass" if enough else "no_data",
+        True,
+        f"min {minimum} per step",
+        f"{candidate.requests} candidate requests in the step",
+        {"candidate": candidate.requests, "min": minimum},
+    )
+
+
+def _error_rate(candidate: _ArmRecords, bound: float, minimum: int) -> GuardResult:
+    n, bad = candidate.requests, candidate.errors
+    found = evidence(bad, n, bound)
+    rate = bad / n if n else math.nan
+    outcome: Outcome = "breach" if found >= EVIDENCE else ("pass" if n >= minimum else "no_data")
+    return GuardResult(
+        "error_rate",
+        outcome,
+        True,
+        f"max {bound:g}",
+        f"candidate {_percent(rate)} ({bad} of {n} requests failed); evidence "
+        f"{_evidence(found)} ({'>=' if found >= EVIDENCE else '<'} {EVIDENCE:g})",
+        {"rate": rate, "errors": bad, "requests": n, "evidence": found},
+    )
+
+
+def _latency_not_judged(bound: float) -> GuardResult:
+    return GuardResult(
+        "latency_p99_ratio",
+        "no_data",
+        False,
+        f"max {bound:g}",
+        "not judged: the baseline takes no traffic in this step, and the candidate's latency "
+        "under all of the load is no match for the baseline's under part of it",
+        {},
+    )
+
+
+def _latency(
+    candidate: _ArmRecords, baseline: _ArmRecords, bound: float, minimum: int
+) -> GuardResult:
+    name = "latency_p99_ratio"
+    where = "in the step"
+    if baseline.answered.size < minimum:
+        return GuardResult(
+            name,
+            "no_data",
+            True,
+            f"max {bound:g}",
+            f"{baseline.answered.size} baseline requests answered {where}, {minimum} needed",
+            {"baseline_requests": baseline.answered.size},
+        )
+    baseline_p99 = float(np.quantile(baseline.answered, 0.99))
+    threshold = bound * baseline_p99
+    n = candidate.answered.size
+    candidate_p99 = float(np.quantile(candidate.answered, 0.99)) if n else math.nan
+    slower = int((candidate.answered > threshold).sum())
+    found = evidence(slower, n, LATENCY_SHARE)
+    ratio = candidate_p99 / baseline_p99 if baseline_p99 > 0 else math.nan
+    outcome: Outcome = "breach" if found >= EVIDENCE else ("pass" if n >= minimum else "no_data")
+    return GuardResult(
+        name,
+        outcome,
+        True,
+        f"max {bound:g}",
+        f"p99 {_ms(candidate_p99)} vs {_ms(baseline_p99)} ({where}): ratio {_number(ratio)}; "
+        f"{slower} of {n} candidate requests slower than {_ms(threshold)}; evidence "
+        f"{_evidence(found)} ({'>=' if found >= EVIDENCE else '<'} {EVIDENCE:g})",
+        {
+            "ratio": ratio,
+            "candidate_p99_ms": candidate_p99,
+            "baseline_p99_ms": baseline_p99,
+            "candidate_requests": n,
+            "baseline_requests": int(baseline.answered.size),
+            "slower": slower,
+            "evidence": found,
+        },
+    )
+
+
+def _agreement(
+    step: pa.Table, candidate: ModelRef, baseline: ModelRef, bound: float, minimum: int
+) -> GuardResult:
+    """Rows both versions answered (same request id and row): the share answered alike."""
+    sides = []
+    for ref in (candidate, baseline):
+        mine = pc.and_(
+            pc.and_(
+                pc.equal(step["alias"], ref.alias or ""), pc.equal(step["version"], ref.version)
+            ),
+            pc.less(step["status"], 400),
+        )
+        sides.append(step.filter(mine).select(["request_id", "row", "label", "prediction"]))
+    pairs = sides[0].join(sides[1], ["request_id", "row"], right_suffix="_b", join_type="inner")
+    n = pairs.num_rows
+    if n:
+        same = _alike(pairs["label"], pairs["label_b"]) & _alike(
+            pairs["prediction"], pairs["prediction_b"]
+        )
+        agreed = int(same.sum())
+    else:
+        agreed = 0
+    found = evidence(n - agreed, n, 1 - bound)
+    share = agreed / n if n else math.nan
+    outcome: Outcome = "breach" if found >= EVIDENCE else ("pass" if n >= minimum else "no_data")
+    summary = (
+        f"{_percent(share)} of {n} shadowed rows alike; evidence {_evidence(found)}"
+        if n
+        else "no row answered by both versions (no shadowed rows in the log)"
+    )
+    return GuardResult(
+        "agreement",
+        outcome,
+        False,
+        f"min {bound:g}",
+        summary,
+        {"share": share, "rows": n, "evidence": found},
+    )
+
+
+def _alike(left: pa.ChunkedArray, right: pa.ChunkedArray) -> NDArray[np.bool_]:
+    a = left.to_numpy(zero_copy_only=False).astype("float64")
+    b = right.to_numpy(zero_copy_only=False).astype("float64")
+    both_null = np.isnan(a) & np.isnan(b)
+    return np.asarray(both_null | np.isclose(a, b, rtol=1e-9, atol=1e-12), dtype=bool)
+
+
+def _label_metric(
+    analysis: experiment.Analysis, name: str, bound: float, minimum: int, required: bool
+) -> GuardResult:
+    arms = {arm.role: arm for arm in analysis.arms if arm.role != "other"}
+    labelled = {
+        role: arms[role].labelled if role in arms else 0 for role in ("candidate", "baseline")
+    }
+    figures: dict[str, Figure] = {
+        "candidate_labels": labelled["candidate"],
+        "baseline_labels": labelled["baseline"],
+    }
+    found = analysis.differences.get(name)
+    if found is None or min(labelled.values()) < minimum:
+        return GuardResult(
+            name,
+            "no_data",
+            required,
+            f"max_regression {bound:g}",
+            f"labelled rows: candidate {labelled['candidate']}, baseline "
+            f"{labelled['baseline']}; {minimum} per arm needed",
+            figures,
+        )
+    figures |= {"difference": found.estimate, "low": found.low, "high": found.high, "n": found.n}
+    for role in ("candidate", "baseline"):
+        figures[role] = arms[role].metrics.get(name, math.nan)
+    if HIGHER_IS_BETTER[name]:
+        breach = found.high < -bound
+        worst_allowed = f"{-bound:+.4f}"
+    else:
+        breach = found.low > bound
+        worst_allowed = f"{bound:+.4f}"
+    return GuardResult(
+        name,
+        "breach" if breach else "pass",
+        required,
+        f"max_regression {bound:g}",
+        f"candidate - baseline {found.estimate:+.4f}, 95% always-valid [{found.low:+.4f}, "
+        f"{found.high:+.4f}] over {found.n} labels ({'beyond' if breach else 'not beyond'} "
+        f"{worst_allowed})",
+        figures,
+    )
+
+
+def _typed(feedback: pa.Table) -> pa.Table:
+    if feedback.num_rows == 0 and feedback.num_columns == 0:
+        return predictionlog.FEEDBACK_SCHEMA.empty_table()
+    return feedback
+
+
+def _percent(value: float) -> str:
+    return "-" if math.isnan(value) else f"{100 * value:.2f}%"
+
+
+def _ms(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.1f} ms"
+
+
+def _number(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2f}"
+
+
+def _evidence(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{value:.3g}"
+
+
+def _finite(value: Figure) -> Figure:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
