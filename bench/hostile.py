@@ -265,7 +265,7 @@ def attack(stack: Stack, cfg: Config, name: str) -> Attack:
 
 def hostile_tag(stack: Stack, cfg: Config) -> list[dict[str, Any]]:
     """Set weights of 1e308 on both aliases, wait for a poll to read them, send unpinned."""
-    from serving.traffic import TAG
+    from registry.split import TAG
 
     stack.client.set_registered_model_tag(
         MODEL, TAG, json.dumps({"production": 1e308, "staging": 1e308})
@@ -608,7 +608,7 @@ def goals(config: Mapping[str, Any], parts: Mapping[str, Any]) -> list[Goal]:
 def register(uri: str, cfg: Config) -> dict[str, str]:
     """The demo classifier (production and staging on one version), the hang and cold models."""
     from registry.client import connect
-    from serving.traffic import TAG
+    from registry.split import TAG
     from training.faults import register_fault_model
     from training.run import TrainSpec, train
 

@@ -288,7 +288,7 @@ def stale_flagged(record: Mapping[str, Any]) -> bool:
 
 
 def hostile_registry(run: Run, registry: Registry, client: Any, workdir: Path) -> None:
-    from serving.traffic import TAG
+    from registry.split import TAG
 
     cfg = run.config
     model = "resilience-hostile"

@@ -229,7 +229,7 @@ def register(uri: str, cfg: Config) -> Registered:
     """Log the models once, register each as many versions as needed, set aliases and tags."""
     from registry import versions
     from registry.client import connect
-    from serving.traffic import TAG
+    from registry.split import TAG
     from training.faults import register_fault_model
     from training.run import TrainSpec, train
 

@@ -2,8 +2,9 @@
 written for the gates (the experiment report, the rollout controller).
 
 Its value is JSON such as `{"production": 90, "staging": 10, "salt": "exp-1"}`: a weight per
-alias (any positive scale) and the salt of the sticky hashing. Serving reads the same tag
-(serving.traffic.parse_tag, which also requires one positive weight) every poll.
+alias (any positive scale) and the salt of the sticky hashing. Serving reads the same tag with
+`read_tag` every poll; values a careless or hostile user may set (NaN, 1e308 weights that sum
+to infinity, deep nesting) are refused here, for both.
 """
 
 import json
@@ -18,6 +19,10 @@ from registry.errors import ModelNotFound
 
 TAG = "modelyard.traffic"
 """Registered-model tag holding the split: `{"production": 90, "staging": 10, "salt": "x"}`."""
+
+
+class BadSplit(ValueError):
+    """A traffic split that cannot be used; the message says why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,20 +67,55 @@ class Split:
 
 
 def parse(value: str | None) -> Split:
-    """The split a tag value sets; weights empty (with the reason) without a readable one."""
+    """The split a tag value sets; weights empty (with the reason) without a usable one."""
     if value is None:
         return Split({}, "", f"no {TAG} tag: the split's weights are unknown")
     try:
-        document = json.loads(value)
-        salt = document.pop("salt", "")
-        weights = {str(a): float(w) for a, w in document.items()}
-        if not isinstance(salt, str) or not all(
-            math.isfinite(w) and w >= 0 for w in weights.values()
-        ):
-            raise ValueError("weights must be finite and >= 0, salt a string")
-    except (ValueError, TypeError, AttributeError) as exc:
+        weights, salt = read_tag(value)
+    except BadSplit as exc:
         return Split({}, "", f"{TAG} cannot be read: {exc}")
     return Split(weights, salt)
+
+
+def read_tag(value: str) -> tuple[dict[str, float], str]:
+    """The weights and salt of a tag value: `{"production": 90, "staging": 10, "salt": "x"}`.
+
+    Whatever the string, the only exception raised is BadSplit.
+    """
+    try:
+        document = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise BadSplit(f"{TAG} is not valid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise BadSplit(f"{TAG} is nested too deeply") from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise BadSplit(f"{TAG} is not usable JSON: {str(exc)[:100]}") from None
+    if not isinstance(document, dict):
+        raise BadSplit(f"{TAG} must be a JSON object of alias -> weight")
+    salt = document.pop("salt", "")
+    if not isinstance(salt, str):
+        raise BadSplit(f"{TAG}: 'salt' must be a string")
+    return validate(document), salt
+
+
+def validate(weights: Mapping[str, object]) -> dict[str, float]:
+    """Weights as floats; each non-negative and finite, at least one positive, a finite sum."""
+    checked: dict[str, float] = {}
+    for alias, weight in weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise BadSplit(f"weight of '{alias}' must be a number")
+        try:
+            number = float(weight)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number) or number < 0:
+            raise BadSplit(f"weight of '{alias}' must be finite and >= 0")
+        checked[alias] = number
+    if not any(checked.values()):
+        raise BadSplit("at least one alias needs a positive weight")
+    if not math.isfinite(sum(checked.values())):
+        raise BadSplit("the weights must have a finite sum")
+    return checked
 
 
 def of_tags(tags: Mapping[str, str]) -> Split:

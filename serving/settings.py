@@ -14,7 +14,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from serving.traffic import BadSplit, validate
+from registry.split import BadSplit, validate
 
 CONFIG_FILE_VARIABLE = "MODELYARD_CONFIG"
 

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from registry.cache import ModelCache, VersionId
 from registry.loading import private_dir
+from registry.split import validate
 from serving.settings import ServingSettings
-from serving.traffic import TrafficSplit, validate
+from serving.traffic import TrafficSplit
 
 logger = logging.getLogger(__name__)
 

@@ -7,21 +7,15 @@ must move, for any number of aliases and whatever their order.
 """
 
 import hashlib
-import json
 import math
 import random
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-TAG = "modelyard.traffic"
-"""Registered-model tag whose JSON value overrides the configured split."""
+from registry.split import read_tag
 
 Source = Literal["config", "tag", "default"]
-
-
-class BadSplit(ValueError):
-    """A traffic split that cannot be used; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -42,44 +36,9 @@ class Choice:
 
 
 def parse_tag(value: str) -> TrafficSplit:
-    """A split from the tag's JSON: `{"production": 90, "staging": 10, "salt": "exp-1"}`.
-
-    Whatever the string, the only exception raised is BadSplit.
-    """
-    try:
-        document = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise BadSplit(f"{TAG} is not valid JSON: {exc.msg}") from None
-    except RecursionError:
-        raise BadSplit(f"{TAG} is nested too deeply") from None
-    except ValueError as exc:  # an integer of more digits than Python converts
-        raise BadSplit(f"{TAG} is not usable JSON: {str(exc)[:100]}") from None
-    if not isinstance(document, dict):
-        raise BadSplit(f"{TAG} must be a JSON object of alias -> weight")
-    salt = document.pop("salt", "")
-    if not isinstance(salt, str):
-        raise BadSplit(f"{TAG}: 'salt' must be a string")
-    return TrafficSplit(validate(document), salt, "tag")
-
-
-def validate(weights: Mapping[str, object]) -> dict[str, float]:
-    """Weights as floats; each non-negative and finite, at least one positive, a finite sum."""
-    checked: dict[str, float] = {}
-    for alias, weight in weights.items():
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-            raise BadSplit(f"weight of '{alias}' must be a number")
-        try:
-            number = float(weight)
-        except OverflowError:
-            number = math.inf
-        if not math.isfinite(number) or number < 0:
-            raise BadSplit(f"weight of '{alias}' must be finite and >= 0")
-        checked[alias] = number
-    if not any(checked.values()):
-        raise BadSplit("at least one alias needs a positive weight")
-    if not math.isfinite(sum(checked.values())):
-        raise BadSplit("the weights must have a finite sum")
-    return checked
+    """A split from the tag's JSON; BadSplit (whatever the string) when it cannot be used."""
+    weights, salt = read_tag(value)
+    return TrafficSplit(weights, salt, "tag")
 
 
 def choose(

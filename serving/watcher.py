@@ -22,7 +22,7 @@ import time
 
 from mlflow.tracking import MlflowClient
 
-from registry import contract, loading, snapshot
+from registry import contract, loading, snapshot, split
 from registry.cache import VersionId
 from registry.client import connect
 from registry.refs import ModelRef
@@ -261,7 +261,7 @@ class Watcher:
         return served
 
     def _update_split(self, served: ServedModel, state: ModelState) -> None:
-        tag = state.tags.get(traffic.TAG)
+        tag = state.tags.get(split.TAG)
         served.split_problem = None
         if tag is None:
             served.split = _config_split(self.settings, served.name)
@@ -269,7 +269,7 @@ class Watcher:
         try:
             served.split = traffic.parse_tag(tag)
         except Exception as exc:  # whatever the tag holds, alias following goes on
-            problem = exc if isinstance(exc, traffic.BadSplit) else type(exc).__name__
+            problem = exc if isinstance(exc, split.BadSplit) else type(exc).__name__
             served.split = _config_split(self.settings, served.name)
             served.split_problem = f"{problem}; using the configured split"
 

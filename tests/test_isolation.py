@@ -13,10 +13,11 @@ from fastapi.testclient import TestClient
 
 import serving.pool
 from registry.client import connect
+from registry.split import TAG
 from serving.app import create_app
 from serving.pool import PredictPool
 from serving.settings import ServingSettings
-from serving.traffic import TAG, TrafficSplit, choose
+from serving.traffic import TrafficSplit, choose
 from tests.conftest import wait_until
 from training.datasets import load_split
 from training.faults import register_fault_model

@@ -17,9 +17,9 @@ from mlflow.tracking import MlflowClient
 
 from registry.client import connect
 from registry.refs import ModelRef
+from registry.split import TAG
 from serving.app import create_app
 from serving.settings import ServingSettings
-from serving.traffic import TAG
 from serving.webhooks import signature
 from tests.conftest import wait_until
 from training.datasets import load_split

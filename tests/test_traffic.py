@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from serving.traffic import BadSplit, TrafficSplit, choose, parse_tag
+from registry.split import BadSplit
+from serving.traffic import TrafficSplit, choose, parse_tag
 
 KEYS = [f"user-{i}" for i in range(4000)]
 ALL = ("production", "staging", "canary")
