@@ -78,7 +78,8 @@ def parse(value: str | None) -> Split:
 
 
 def read_tag(value: str) -> tuple[dict[str, float], str]:
-    """The weights and salt of a tag value: `{"production": 90, "staging": 10, "salt": "x"}`.
+    """The weights and salt of a tag value: `{"production": 90, "staging": 10, "salt": "x"}`
+    (`validate` the weights before routing by them).
 
     Whatever the string, the only exception raised is BadSplit.
     """
@@ -95,11 +96,20 @@ def read_tag(value: str) -> tuple[dict[str, float], str]:
     salt = document.pop("salt", "")
     if not isinstance(salt, str):
         raise BadSplit(f"{TAG}: 'salt' must be a string")
-    return validate(document), salt
+    return _numbers(document), salt
 
 
 def validate(weights: Mapping[str, object]) -> dict[str, float]:
-    """Weights as floats; each non-negative and finite, at least one positive, a finite sum."""
+    """Weights as floats; each non-negative and finite, at least one positive, a finite sum:
+    a split that can route a request."""
+    checked = _numbers(weights)
+    if not any(checked.values()):
+        raise BadSplit("at least one alias needs a positive weight")
+    return checked
+
+
+def _numbers(weights: Mapping[str, object]) -> dict[str, float]:
+    """Weights as floats; each non-negative and finite, a finite sum."""
     checked: dict[str, float] = {}
     for alias, weight in weights.items():
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
@@ -111,8 +121,6 @@ def validate(weights: Mapping[str, object]) -> dict[str, float]:
         if not math.isfinite(number) or number < 0:
             raise BadSplit(f"weight of '{alias}' must be finite and >= 0")
         checked[alias] = number
-    if not any(checked.values()):
-        raise BadSplit("at least one alias needs a positive weight")
     if not math.isfinite(sum(checked.values())):
         raise BadSplit("the weights must have a finite sum")
     return checked

@@ -13,7 +13,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from registry.split import read_tag
+from registry.split import read_tag, validate
 
 Source = Literal["config", "tag", "default"]
 
@@ -38,7 +38,7 @@ class Choice:
 def parse_tag(value: str) -> TrafficSplit:
     """A split from the tag's JSON; BadSplit (whatever the string) when it cannot be used."""
     weights, salt = read_tag(value)
-    return TrafficSplit(weights, salt, "tag")
+    return TrafficSplit(validate(weights), salt, "tag")
 
 
 def choose(
