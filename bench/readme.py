@@ -473,6 +473,34 @@ def gate_random_forest(results: Results) -> str:
     )
 
 
+def experiment_table(results: Results) -> str:
+    """Conditions, then every goal of the prediction log and experiment benchmark."""
+    from bench import experiment
+
+    found = results["experiment"]
+    meta = found["meta"]
+    intro = (
+        f"A full run took {meta['duration_s'] / 60:.1f} min, load average "
+        f"{meta['loadavg_at_start'][0]:.1f} at the start and {meta['loadavg_at_end'][0]:.1f} "
+        f"at the end (MLflow {meta['mlflow']}):"
+    )
+    return f"{intro}\n\n{goals_table(experiment.goals(found['config'], found['parts']))}"
+
+
+def rollout_table(results: Results) -> str:
+    """Conditions, then every goal of the rollout benchmark."""
+    from bench import rollout
+
+    found = results["rollout"]
+    meta = found["meta"]
+    intro = (
+        f"A full run took {meta['duration_s'] / 60:.1f} min, load average "
+        f"{meta['loadavg_at_start'][0]:.1f} at the start and {meta['loadavg_at_end'][0]:.1f} "
+        f"at the end (MLflow {meta['mlflow']}):"
+    )
+    return f"{intro}\n\n{goals_table(rollout.goals(found['config'], found['parts']))}"
+
+
 BLOCKS: dict[str, Callable[[Results], str]] = {
     "serving": serving_table,
     "serving-ratios": serving_ratios,
@@ -483,6 +511,8 @@ BLOCKS: dict[str, Callable[[Results], str]] = {
     "swap": swap_table,
     "gate": gate_table,
     "gate-random-forest": gate_random_forest,
+    "experiment": experiment_table,
+    "rollout": rollout_table,
 }
 
 
