@@ -240,6 +240,9 @@ def test_object_store_knows_only_mlflows_identity_limited_to_one_bucket(
     arguments = _run_with_stand_in(
         [*service["entrypoint"], *service["command"]], env, "weed", tmp_path
     )
+    # Zero sizes the volume count from free disk / 30 GB: on a 75 GB disk two volumes, fewer
+    # than a new bucket grows at once, and every upload failed (found running the stack).
+    assert "-volume.max=0" not in arguments
     (config_option,) = [a for a in arguments if a.startswith("-s3.config=")]
     config = Path(config_option.partition("=")[2])
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
@@ -426,7 +429,14 @@ def dockerfile_stages() -> list[list[tuple[str, str]]]:
     return stages
 
 
+def dockerfile_stage(name: str) -> list[tuple[str, str]]:
+    (stage,) = [stage for stage in dockerfile_stages() if stage[0][1].endswith(f" AS {name}")]
+    return stage
+
+
 def test_dockerfile_builds_on_slim_python() -> None:
+    """Every stage is slim Python or an earlier stage; `scratch` only for an empty stage that
+    a build context replaces (the wheels of an offline build)."""
     preamble, *stages = dockerfile_stages()
     args = dict(
         arguments.partition("=")[::2] for keyword, arguments in preamble if keyword == "ARG"
@@ -435,7 +445,10 @@ def test_dockerfile_builds_on_slim_python() -> None:
     for stage in stages:
         base, _, name = stage[0][1].partition(" AS ")
         base = interpolate(base, args)
-        assert base in stage_names or re.fullmatch(r"python:3\.11-slim(@sha256:\w+)?", base), base
+        if base == "scratch":
+            assert stage[1:] == [], f"{name} builds on scratch"
+        else:
+            assert base in stage_names or re.fullmatch(r"python:3\.11-slim(@sha256:\w+)?", base)
         stage_names.add(name.strip())
 
 
@@ -448,7 +461,7 @@ def test_dockerfile_images_run_as_a_non_root_user() -> None:
 
 
 def test_dockerfile_serving_image_refuses_pickles_and_keeps_a_private_cache() -> None:
-    (serving,) = [stage for stage in dockerfile_stages() if stage[0][1].endswith(" AS serving")]
+    serving = dockerfile_stage("serving")
     env = " ".join(arguments for keyword, arguments in serving if keyword == "ENV").split()
     assert "MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false" in env
     assert "MODELYARD_MODEL_CACHE_DIR=/var/cache/modelyard" in env
@@ -459,9 +472,18 @@ def test_dockerfile_serving_image_refuses_pickles_and_keeps_a_private_cache() ->
 def test_dockerfile_installs_the_cpu_torch_the_makefile_pins_before_the_project() -> None:
     makefile_pin = re.search(r"torch==[\d.]+", (ROOT / "Makefile").read_text())
     assert makefile_pin
-    build = [arguments for keyword, arguments in dockerfile_stages()[1] if keyword == "RUN"]
+    build = [arguments for keyword, arguments in dockerfile_stage("build") if keyword == "RUN"]
     torch_step = next(i for i, run in enumerate(build) if "torch==" in run)
     project_step = next(i for i, run in enumerate(build) if run.endswith("pip install ."))
     assert torch_step < project_step
     assert makefile_pin.group() in build[torch_step].split()
     assert "--index-url https://download.pytorch.org/whl/cpu" in build[torch_step]
+
+
+def test_dockerfile_serving_image_transfers_artifacts_through_mlflow_only() -> None:
+    """MLflow's server offers its clients presigned S3 URLs (/server-info); serving and the
+    trainer have no route to the object store, so the image keeps every transfer proxied.
+    Found by running the compose stack: downloads went to http://seaweedfs:8333."""
+    env = " ".join(a for keyword, a in dockerfile_stage("serving") if keyword == "ENV").split()
+    assert "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD=false" in env
+    assert "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD=false" in env
