@@ -209,8 +209,8 @@ class PredictionCapture:
                 continue
             try:
                 self._spool_file(PREDICTIONS, model, records(items))
-            except (OSError, pa.ArrowException, PredictionLogError) as exc:
-                logger.error("prediction log: %d rows of %s not spooled: %s", rows, model, exc)
+            except Exception:  # any failure drops these rows, never the roller thread
+                logger.exception("prediction log: %d rows of %s not spooled", rows, model)
                 self.metrics.log_dropped.labels(model, "spool_failed").inc(rows)
             else:
                 self.metrics.log_rows.labels(model).inc(rows)
@@ -235,10 +235,15 @@ class PredictionCapture:
     def _ship_loop(self) -> None:
         wait, adopted_at = 0.0, -ADOPT_EVERY_S
         while not self._stopping.wait(wait):
-            if time.monotonic() - adopted_at >= ADOPT_EVERY_S:
-                adopted_at = time.monotonic()
-                self._adopt_orphans()
-            ok = self._ship_pending()
+            try:
+                if time.monotonic() - adopted_at >= ADOPT_EVERY_S:
+                    adopted_at = time.monotonic()
+                    self._adopt_orphans()
+                ok = self._ship_pending()
+            except Exception:  # an unexpected failure pauses shipping, never ends it
+                logger.exception("prediction log: shipping paused")
+                self.metrics.log_ship_failures.inc()
+                ok = False
             wait = self.flush_s if ok else min(max(1.0, wait * 2), MAX_BACKOFF_S)
         self._threads[0].join()  # the last roll, then the last shipping
         self._ship_pending()

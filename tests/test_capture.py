@@ -318,3 +318,34 @@ def _metric(client: TestClient, series: str) -> float:
         if line.startswith(series + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def test_a_roll_that_fails_in_any_way_drops_its_rows_counted_and_the_roller_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from serving import capture
+    from serving.metrics import Metrics
+
+    metrics = Metrics()
+    (tmp_path / "spool").mkdir()
+    log = capture.PredictionCapture(
+        predictionlog.open_root(str(tmp_path / "log"), {}),
+        tmp_path / "spool",
+        metrics,
+        flush_s=0.05,
+        queue_rows=1_000,
+        spool_max_bytes=2**30,
+        sample={},
+        skip_inputs=frozenset(),
+    )
+    served = capture.Served("r-1", 0, "production", "1", None, "random", "", None, 1.0, 200, 1.0, 1)
+    real = capture.records
+    monkeypatch.setattr(capture, "records", lambda items: 1 / 0)
+    log.start()
+    log.record(MODEL, served)
+    dropped = metrics.log_dropped.labels(MODEL, "spool_failed")
+    wait_until(lambda: dropped._value.get() == 1, timeout_s=10, what="the failed roll counted")
+    monkeypatch.setattr(capture, "records", real)
+    log.record(MODEL, served)
+    log.close(ship_timeout_s=5)
+    assert len(_logged(tmp_path / "log")) == 1
