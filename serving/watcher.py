@@ -86,13 +86,15 @@ class Watcher:
         )
 
     async def run(self) -> None:
-        """Poll forever, every `poll_interval_s` (up to 20% sooner, jittered), or when woken.
+        """Poll forever, a poll starting every `poll_interval_s` (up to 20% sooner, jittered)
+        or when woken.
 
         Unless `require_fresh_registry`, a first poll that fails restores the saved state.
         """
         self._saved = await asyncio.to_thread(self.storage.load)
         saved = None if self.settings.require_fresh_registry else self._saved
         while True:
+            began = time.monotonic()
             try:
                 await self.poll()
                 if saved is not None and self.last_poll is None:
@@ -101,11 +103,13 @@ class Watcher:
                 self._report()
             except Exception:
                 self._failed("watcher loop")
-            # jitter only downwards: replicas stay out of step, and a move is never seen
-            # later than one poll interval after it is made
+            # polls start one interval apart, however long a read takes, jittered only
+            # downwards: replicas stay out of step, and a move is seen at most one interval
+            # and one registry read after it is made
             interval = self.settings.poll_interval_s * random.uniform(0.8, 1.0)
+            left = max(0.0, interval - (time.monotonic() - began))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+                await asyncio.wait_for(self._wake.wait(), timeout=left)
             self._wake.clear()
 
     async def stop(self) -> None:
