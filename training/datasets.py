@@ -3,15 +3,14 @@
 from dataclasses import dataclass
 
 import pandas as pd
-from sklearn import datasets as sk_datasets
-from sklearn.model_selection import train_test_split
 
 from registry.contract import HOLDOUT_TARGET, Task
 
-_LOADERS = {
-    "breast-cancer": ("classification", sk_datasets.load_breast_cancer),
-    "diabetes": ("regression", sk_datasets.load_diabetes),
+_LOADERS: dict[str, tuple[Task, str]] = {
+    "breast-cancer": ("classification", "load_breast_cancer"),
+    "diabetes": ("regression", "load_diabetes"),
 }
+"""Each dataset's task and its loader in `sklearn.datasets` (imported when a split is made)."""
 NAMES = tuple(_LOADERS)
 
 
@@ -40,8 +39,11 @@ def load_split(name: str, *, split_seed: int = 0, holdout_fraction: float = 0.25
     """Load a bundled dataset and split it; the same seed always gives the same split."""
     if name not in _LOADERS:
         raise ValueError(f"unknown dataset '{name}'; choose one of: {', '.join(NAMES)}")
+    from sklearn import datasets
+    from sklearn.model_selection import train_test_split
+
     task, loader = _LOADERS[name]
-    bunch = loader(as_frame=True)
+    bunch = getattr(datasets, loader)(as_frame=True)
     features = bunch.data.rename(columns=lambda column: column.replace(" ", "_")).astype("float64")
     target = bunch.target.astype("int64" if task == "classification" else "float64")
     x_train, x_holdout, y_train, y_holdout = train_test_split(

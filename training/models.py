@@ -1,29 +1,33 @@
 """Fitting models: scikit-learn pipelines and a small PyTorch MLP, each to one score per row."""
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from sklearn.base import BaseEstimator
-from sklearn.ensemble import (
-    HistGradientBoostingClassifier,
-    HistGradientBoostingRegressor,
-    RandomForestClassifier,
-    RandomForestRegressor,
-)
-from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from training.datasets import Split
 from training.pyfunc.contract_model import build_mlp
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
 Estimator = Literal["linear", "random-forest", "gradient-boosting"]
 ESTIMATORS: tuple[Estimator, ...] = ("linear", "random-forest", "gradient-boosting")
 
 
-def fit_sklearn(split: Split, estimator: Estimator, seed: int) -> Pipeline:
+def fit_sklearn(split: Split, estimator: Estimator, seed: int) -> "Pipeline":
     """Scaling followed by the chosen estimator, fitted on the training rows (as arrays)."""
+    from sklearn.base import BaseEstimator
+    from sklearn.ensemble import (
+        HistGradientBoostingClassifier,
+        HistGradientBoostingRegressor,
+        RandomForestClassifier,
+        RandomForestRegressor,
+    )
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     classify = split.task == "classification"
     choices: dict[str, BaseEstimator] = {
         "linear": LogisticRegression(max_iter=5000, random_state=seed) if classify else Ridge(),
@@ -39,7 +43,7 @@ def fit_sklearn(split: Split, estimator: Estimator, seed: int) -> Pipeline:
     return pipeline
 
 
-def save_sklearn(pipeline: Pipeline, directory: Path) -> Path:
+def save_sklearn(pipeline: "Pipeline", directory: Path) -> Path:
     """Write the pipeline with skops (no pickle)."""
     import skops.io
 
