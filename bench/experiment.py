@@ -46,6 +46,7 @@ judged from the recorded parts alone (`goals`), so `--show` prints them again.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import os
@@ -58,7 +59,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, redirect_stdout, suppress
 from dataclasses import dataclass
@@ -309,7 +310,15 @@ class Answer:
     """None when no HTTP answer came (refused, reset)."""
 
 
-class Clients:
+@dataclass(frozen=True, slots=True)
+class Post(load.Request):
+    """A request of the clients: its X-Request-ID and the rows its body holds."""
+
+    request_id: str
+    rows: int
+
+
+class Clients(load.ClientThreads[Post]):
     """`connections` threads on core `core`, each posting back to back on a keep-alive
     session to `PATH` of the base URL `target()` names at that moment, every request with an
     X-Request-ID of its own (`<prefix>-<thread>-<n>`) and the bodies taken in turn. Every
@@ -328,70 +337,43 @@ class Clients:
         limit: int | None = None,
         core: str | None = LOAD_CORE,
     ) -> None:
+        super().__init__(connections, name=prefix, timeout_s=30, error_pause_s=0.02, core=core)
         self.prefix = prefix
         self.target = target
         self.payloads = list(payloads)
         self.limit = limit
-        self.core = core
         self.answers: list[Answer] = []  # list.append is atomic: no lock needed
-        self.done = threading.Event()
         self._ok = 0
         self._guard = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._run, args=(i,), daemon=True, name=f"{prefix}-{i}")
-            for i in range(connections)
-        ]
 
     @property
     def answered(self) -> int:
         """Requests answered 200 so far."""
         return self._ok
 
-    def __enter__(self) -> Clients:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        """Stop sending; wait for the requests in flight."""
-        self.done.set()
-        for thread in self._threads:
-            thread.join(60)
-
-    def _run(self, index: int) -> None:
-        if self.core is not None:
-            os.sched_setaffinity(0, {int(self.core)})  # this thread only
-        session, n = requests.Session(), 0
-        while not self.done.is_set():
-            n += 1
+    def plan(self, thread: int) -> Iterator[Post]:
+        for n in itertools.count(1):
             kind = n % len(self.payloads)
-            request_id = f"{self.prefix}-{index}-{n}"
+            request_id = f"{self.prefix}-{thread}-{n}"
             headers = {"Content-Type": "application/json", "X-Request-ID": request_id}
-            start = time.monotonic()
-            status: int | None
-            try:
-                response = session.post(
-                    self.target() + PATH, data=self.payloads[kind], headers=headers, timeout=30
-                )
-                status = response.status_code
-            except requests.RequestException:
-                status = None
-                session.close()
-                session = requests.Session()
-            self.answers.append(
-                Answer(request_id, BODY_ROWS[kind], start, time.monotonic(), status)
-            )
-            if status == 200:
-                with self._guard:
-                    self._ok += 1
-                    if self.limit is not None and self._ok >= self.limit:
-                        self.done.set()
-            elif status is None:
-                self.done.wait(0.02)  # nothing listens: do not spin
-        session.close()
+            url = self.target() + PATH
+            yield Post(url, self.payloads[kind], headers, request_id, BODY_ROWS[kind])
+
+    def record(
+        self,
+        request: Post,
+        start: float,
+        end: float,
+        response: requests.Response | None,
+        error: requests.RequestException | None,
+    ) -> None:
+        status = None if response is None else response.status_code
+        self.answers.append(Answer(request.request_id, request.rows, start, end, status))
+        if status == 200:
+            with self._guard:
+                self._ok += 1
+                if self.limit is not None and self._ok >= self.limit:
+                    self.done.set()
 
 
 def fixed(url: str) -> Callable[[], str]:

@@ -1,23 +1,26 @@
 """The benchmarks' load generators: wrk (its Lua script, its run, its report) and closed-loop
-client threads that keep every answer.
+client threads that keep every answer (`ClientThreads`, which each benchmark's clients extend).
 
-The threads record, for each request, when it was sent and answered (time.monotonic(), the
-clock the swap benchmark records alias moves with), the status or socket error, and the model
-headers, so every answer can be checked against the moves made while it was in flight.
+`ClosedLoop`'s threads record, for each request, when it was sent and answered
+(time.monotonic(), the clock the swap benchmark records alias moves with), the status or socket
+error, and the model headers, so every answer can be checked against the moves made while it
+was in flight.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Self, TypeVar
 
 import requests
 
@@ -153,6 +156,98 @@ def parse_wrk(output: str) -> WrkResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Request:
+    """One POST a client thread sends."""
+
+    url: str
+    body: bytes
+    headers: Mapping[str, str]
+
+
+R = TypeVar("R", bound=Request)
+
+
+class ClientThreads(ABC, Generic[R]):
+    """`threads` client threads, each posting the requests `plan(thread)` yields back to back
+    on a keep-alive session of its own and handing every outcome to `record`. A request is
+    never retried (requests' adapters have no retries); after a socket error a thread opens a
+    new session and pauses `error_pause_s`. Threads run pinned to `core` when it is given."""
+
+    def __init__(
+        self,
+        threads: int,
+        *,
+        name: str,
+        timeout_s: float,
+        error_pause_s: float,
+        core: str | None = None,
+    ) -> None:
+        self.timeout_s = timeout_s
+        self.error_pause_s = error_pause_s
+        self.core = core
+        self.done = threading.Event()
+        """Set to stop the threads."""
+        self._threads = [
+            threading.Thread(target=self._run, args=(i,), daemon=True, name=f"{name}-{i}")
+            for i in range(threads)
+        ]
+
+    @abstractmethod
+    def plan(self, thread: int) -> Iterator[R]:
+        """The requests thread `thread` sends, in order (drawn one at a time while it runs)."""
+
+    @abstractmethod
+    def record(
+        self,
+        request: R,
+        start: float,
+        end: float,
+        response: requests.Response | None,
+        error: requests.RequestException | None,
+    ) -> None:
+        """Keep one outcome: `response`, or `error` when no HTTP answer came (monotonic times)."""
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start sending."""
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        """Stop sending; wait for the requests in flight."""
+        self.done.set()
+        for thread in self._threads:
+            thread.join(self.timeout_s + 5)
+
+    def _run(self, index: int) -> None:
+        if self.core is not None:
+            os.sched_setaffinity(0, {int(self.core)})  # this thread only
+        session = requests.Session()
+        planned = self.plan(index)
+        while not self.done.is_set():
+            request = next(planned)
+            start = time.monotonic()
+            try:
+                response = session.post(
+                    request.url, data=request.body, headers=request.headers, timeout=self.timeout_s
+                )
+            except requests.RequestException as exc:
+                self.record(request, start, time.monotonic(), None, exc)
+                session.close()
+                session = requests.Session()
+                self.done.wait(self.error_pause_s)
+                continue
+            self.record(request, start, time.monotonic(), response, None)
+        session.close()
+
+
+@dataclass(frozen=True, slots=True)
 class Sample:
     """One request: where it went, when, and what came back."""
 
@@ -166,7 +261,7 @@ class Sample:
     error: str | None = None
 
 
-class ClosedLoop:
+class ClosedLoop(ClientThreads[Request]):
     """One thread per URL, each posting `body` back to back on its own keep-alive session."""
 
     def __init__(
@@ -176,60 +271,39 @@ class ClosedLoop:
         headers: Mapping[str, str] | None = None,
         timeout_s: float = 30,
     ) -> None:
+        super().__init__(len(urls), name="load", timeout_s=timeout_s, error_pause_s=0.01)
         self.urls = list(urls)
         self.body = body
         self.headers = {"Content-Type": "application/json", **(headers or {})}
-        self.timeout_s = timeout_s
         self.samples: list[Sample] = []  # list.append is atomic: no lock needed
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._run, args=(url,), daemon=True, name=f"load-{i}")
-            for i, url in enumerate(self.urls)
-        ]
 
-    def __enter__(self) -> ClosedLoop:
-        for thread in self._threads:
-            thread.start()
-        return self
+    def plan(self, thread: int) -> Iterator[Request]:
+        return itertools.repeat(Request(self.urls[thread], self.body, self.headers))
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        """Stop sending; wait for the requests in flight."""
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(self.timeout_s + 5)
-
-    def _run(self, url: str) -> None:
-        session = requests.Session()
-        while not self._stop.is_set():
-            start = time.monotonic()
-            try:
-                response = session.post(
-                    url, data=self.body, headers=self.headers, timeout=self.timeout_s
-                )
-            except requests.RequestException as exc:
-                error = f"{type(exc).__name__}: {exc}"[:200]
-                self.samples.append(Sample(url, start, time.monotonic(), None, None, None, error))
-                session.close()
-                session = requests.Session()
-                time.sleep(0.01)
-                continue
-            end = time.monotonic()
-            headers = response.headers
-            self.samples.append(
-                Sample(
-                    url,
-                    start,
-                    end,
-                    response.status_code,
-                    headers.get("X-Model-Version"),
-                    headers.get("X-Model-Alias"),
-                    None if response.ok else response.text[:200],
-                )
+    def record(
+        self,
+        request: Request,
+        start: float,
+        end: float,
+        response: requests.Response | None,
+        error: requests.RequestException | None,
+    ) -> None:
+        if response is None:
+            text = f"{type(error).__name__}: {error}"[:200]
+            self.samples.append(Sample(request.url, start, end, None, None, None, text))
+            return
+        headers = response.headers
+        self.samples.append(
+            Sample(
+                request.url,
+                start,
+                end,
+                response.status_code,
+                headers.get("X-Model-Version"),
+                headers.get("X-Model-Alias"),
+                None if response.ok else response.text[:200],
             )
-        session.close()
+        )
 
     def first(self, version: str, after: float, timeout_s: float) -> Sample | None:
         """The first answer from `version` to a request sent at or after `after`, waiting."""

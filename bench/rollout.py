@@ -41,6 +41,7 @@ alone (`goals`), so `--show` prints them again.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -52,7 +53,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -64,6 +65,7 @@ import requests
 
 from bench import options
 from bench.analysis import Goal, fmt
+from bench.load import ClientThreads, Request
 from bench.processes import (
     BUCKET,
     ROOT,
@@ -277,74 +279,96 @@ def reset(bench: Bench, candidate: str, salt: str) -> None:
 # -- traffic -------------------------------------------------------------------------------------
 
 
-class Load:
+@dataclass(frozen=True, slots=True)
+class Invocation(Request):
+    """A request of the clients: the replica it goes to, the data row it sends (its first
+    value replaced by MARK when `marked`) and its X-Request-ID."""
+
+    replica: int
+    row: int
+    marked: bool
+    request_id: str
+
+
+class Load(ClientThreads[Invocation]):
     """Closed-loop clients, round robin over the replicas, and a feedback poster."""
 
     def __init__(self, bench: Bench, marked_share: float) -> None:
+        super().__init__(bench.cfg.clients, name="client", timeout_s=10, error_pause_s=0)
         self.bench = bench
         self.marked_share = marked_share
-        self.stopped = threading.Event()
         self.lock = threading.Lock()
         self.answers: list[tuple[float, int, int, str, str, bool, float]] = []
         """(time answered, replica, status, alias, version, marked, seconds taken)"""
         self.labels: list[dict[str, Any]] = []
-        self.threads = [
-            threading.Thread(target=self._client, args=(i,), daemon=True)
-            for i in range(bench.cfg.clients)
-        ] + [threading.Thread(target=self._feedback, daemon=True)]
+        self.feedback = threading.Thread(target=self._feedback, daemon=True)
 
     def start(self) -> None:
-        for thread in self.threads:
-            thread.start()
+        super().start()
+        self.feedback.start()
 
     def stop(self) -> None:
-        self.stopped.set()
-        for thread in self.threads:
-            thread.join(15)
+        super().stop()
+        self.feedback.join(15)
 
-    def _client(self, index: int) -> None:
-        rng = np.random.default_rng(self.bench.cfg.seed + index)
-        session = requests.Session()
+    def plan(self, thread: int) -> Iterator[Invocation]:
+        rng = np.random.default_rng(self.bench.cfg.seed + thread)
         path = f"/models/{MODEL}/invocations"
-        count = 0
-        while not self.stopped.is_set():
+        for count in itertools.count():
             row = int(rng.integers(len(self.bench.rows)))
             values = self.bench.rows[row].tolist()
             marked = bool(rng.random() < self.marked_share)
             if marked:
                 values[0] = MARK
             body = {"dataframe_split": {"columns": self.bench.columns, "data": [values]}}
-            replica_index = (index + count) % len(self.bench.replicas)
-            count += 1
+            replica = (thread + count) % len(self.bench.replicas)
             request_id = uuid.uuid4().hex
-            headers = {"X-Routing-Key": uuid.uuid4().hex, "X-Request-ID": request_id}
-            sent = time.perf_counter()
-            try:
-                response = session.post(
-                    self.bench.replicas[replica_index].base_url + path,
-                    json=body,
-                    headers=headers,
-                    timeout=10,
+            headers = {
+                "X-Routing-Key": uuid.uuid4().hex,
+                "X-Request-ID": request_id,
+                "Content-Type": "application/json",
+            }
+            yield Invocation(
+                self.bench.replicas[replica].base_url + path,
+                json.dumps(body, allow_nan=False).encode("utf-8"),  # as requests' json= does
+                headers,
+                replica,
+                row,
+                marked,
+                request_id,
+            )
+
+    def record(
+        self,
+        request: Invocation,
+        start: float,
+        end: float,
+        response: requests.Response | None,
+        error: requests.RequestException | None,
+    ) -> None:
+        if response is None:
+            status, alias, version = 0, "", ""
+        else:
+            status = response.status_code
+            alias = response.headers.get("X-Model-Alias", "")
+            version = response.headers.get("X-Model-Version", "")
+        with self.lock:
+            self.answers.append(
+                (time.time(), request.replica, status, alias, version, request.marked, end - start)
+            )
+            if status == 200 and not request.marked:
+                self.labels.append(
+                    {
+                        "request_id": request.request_id,
+                        "row": 0,
+                        "target": int(self.bench.targets[request.row]),
+                    }
                 )
-                status = response.status_code
-                alias = response.headers.get("X-Model-Alias", "")
-                version = response.headers.get("X-Model-Version", "")
-            except requests.RequestException:
-                status, alias, version = 0, "", ""
-            with self.lock:
-                took = time.perf_counter() - sent
-                self.answers.append(
-                    (time.time(), replica_index, status, alias, version, marked, took)
-                )
-                if status == 200 and not marked:
-                    self.labels.append(
-                        {"request_id": request_id, "row": 0, "target": int(self.bench.targets[row])}
-                    )
 
     def _feedback(self) -> None:
         session = requests.Session()
         url = f"{self.bench.replicas[0].base_url}/models/{MODEL}/feedback"
-        while not self.stopped.wait(0.5):
+        while not self.done.wait(0.5):
             with self.lock:
                 batch, self.labels = self.labels, []
             for start_at in range(0, len(batch), 1000):

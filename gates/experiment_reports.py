@@ -1,15 +1,14 @@
 """An experiment's report: the terminal table, the same in JSON and Markdown (in the gate's
 style: one set of rows rendered three ways), and the plots a data scientist looks at."""
 
-import json
 import math
-import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from gates import rendering
 from gates.experiment import Arm, Report
 
 COLUMNS = (
@@ -86,40 +85,18 @@ def footer(report: Report) -> list[str]:
 def render_text(report: Report) -> str:
     """The one-screen table for stdout."""
     table = [header(report), *rows(report)]
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    lines = [
-        "  ".join(
-            cell.rjust(widths[i]) if i > 1 else cell.ljust(widths[i]) for i, cell in enumerate(row)
-        ).rstrip()
-        for row in table
-    ]
-    return "\n".join([*summary(report), "", *lines, "", *footer(report)]) + "\n"
+    return rendering.text(summary(report), table, _numeric(table), footer(report))
 
 
 def render_markdown(report: Report) -> str:
     """The same report for a pull request or a wiki page."""
-    columns = header(report)
-    table = [
-        "| " + " | ".join(columns) + " |",
-        "| " + " | ".join("---" if i < 2 else "---:" for i in range(len(columns))) + " |",
-        *(
-            "| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
-            for row in rows(report)
-        ),
-    ]
-    return (
-        "\n".join(
-            [
-                f"## Experiment {report.model}: {report.analysis.decision}",
-                "",
-                *(f"- {line}" for line in summary(report)),
-                "",
-                *table,
-                "",
-                *(f"- {line}" for line in footer(report)),
-            ]
-        )
-        + "\n"
+    table = [header(report), *rows(report)]
+    return rendering.markdown(
+        f"## Experiment {report.model}: {report.analysis.decision}",
+        summary(report),
+        table,
+        _numeric(table),
+        footer(report),
     )
 
 
@@ -157,17 +134,13 @@ def render_json(report: Report) -> str:
         "started_at": report.started_at,
         "seconds": round(report.seconds, 3),
     }
-    return json.dumps(_finite(document), indent=2, allow_nan=False) + "\n"
+    return rendering.json_text(document)
 
 
 def write(report: Report, directory: Path) -> tuple[Path, Path]:
     """Write `experiment-<model>.json` and `.md` under `directory`; return both paths."""
-    directory.mkdir(parents=True, exist_ok=True)
-    stem = f"experiment-{_safe(report.model)}"
-    json_path, markdown_path = directory / f"{stem}.json", directory / f"{stem}.md"
-    json_path.write_text(render_json(report), encoding="utf-8")
-    markdown_path.write_text(render_markdown(report), encoding="utf-8")
-    return json_path, markdown_path
+    stem = f"experiment-{rendering.safe_name(report.model)}"
+    return rendering.write(directory, stem, render_json(report), render_markdown(report))
 
 
 def plot(report: Report, directory: Path) -> list[Path]:
@@ -176,7 +149,7 @@ def plot(report: Report, directory: Path) -> list[Path]:
     from matplotlib.figure import Figure  # no pyplot: no process-wide figure state
 
     timeline = report.analysis.timeline
-    stem = directory / f"experiment-{_safe(report.model)}"
+    stem = directory / f"experiment-{rendering.safe_name(report.model)}"
     written = []
     if timeline.times:
         figure = Figure(figsize=(8, 4.5))
@@ -242,20 +215,10 @@ def _number(value: float | None, digits: int) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
+def _numeric(table: rendering.Table) -> range:
+    """The columns aligned right: all but arm and role."""
+    return range(2, len(table[0]))
+
+
 def _ref(ref: object) -> str:
     return str(ref) if ref is not None else "none (alias not set)"
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN or infinity: an undefined number is null."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
-    return value

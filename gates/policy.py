@@ -14,16 +14,16 @@ and never a check silently skipped. The format:
     exam: {training_rows: warn, max_overlap: 0}   # training rows vs evaluation rows
 """
 
-import hashlib
 import math
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from yaml.nodes import MappingNode, Node, SequenceNode
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from yaml.nodes import MappingNode
 
+from gates import yaml_files
 from gates.errors import PolicyError
+from gates.yaml_files import line_of
 from registry.contract import Task
 from registry.quality import HIGHER_IS_BETTER, METRICS_BY_TASK
 
@@ -126,39 +126,27 @@ class Policy(_Strict):
         return "classification" if first in METRICS_BY_TASK["classification"] else "regression"
 
 
+_METRIC_KEYS: dict[str, type[BaseModel]] = dict.fromkeys(HIGHER_IS_BETTER, MetricRule)
+"""The keys under `metrics:`, each naming a MetricRule."""
+
+
 def load(path: Path) -> tuple[Policy, str]:
     """The policy in `path` and the sha256 of its bytes; PolicyError names line and problem."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise PolicyError(str(path), [(0, f"cannot read the policy: {exc.strerror}")]) from exc
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PolicyError(str(path), [(0, "the policy is not UTF-8 text")]) from exc
-    return parse(text, source=str(path)), hashlib.sha256(raw).hexdigest()
+    text, sha256 = yaml_files.read(
+        path, unreadable="cannot read the policy", not_text="the policy is not UTF-8 text"
+    )
+    return parse(text, source=str(path)), sha256
 
 
 def parse(text: str, source: str = "<policy>") -> Policy:
     """Parse and validate a policy; every problem is reported with its 1-based line."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 0
-        raise PolicyError(source, [(line, f"not valid YAML: {exc.problem}")]) from exc
-    if not isinstance(root, MappingNode) or not isinstance(data, dict):
-        line = root.start_mark.line + 1 if root is not None else 1
-        raise PolicyError(source, [(line, "a policy is a mapping with at least `metrics:`")])
-    problems = _duplicate_keys(root)
-    if problems:
-        raise PolicyError(source, problems)
-    try:
-        policy = Policy.model_validate(data)
-    except ValidationError as exc:
-        problems = [(_line(root, e["loc"]), _message(e)) for e in exc.errors()]
-        raise PolicyError(source, sorted(set(problems))) from exc
+    policy, root = yaml_files.validate(
+        text,
+        source,
+        Policy,
+        not_a_mapping="a policy is a mapping with at least `metrics:`",
+        message=_message,
+    )
     problems = _semantic_problems(policy, root)
     if problems:
         raise PolicyError(source, problems)
@@ -168,7 +156,7 @@ def parse(text: str, source: str = "<policy>") -> Policy:
 def _semantic_problems(policy: Policy, root: MappingNode) -> list[tuple[int, str]]:
     """What pydantic cannot see: an empty metric list, bounds out of range, mixed tasks."""
     if not policy.metrics:
-        return [(_line(root, ("metrics",)), "metrics: name at least one metric to check")]
+        return [(line_of(root, ("metrics",)), "metrics: name at least one metric to check")]
     problems = []
     for name, rule in policy.metrics.items():
         low, high = _RANGES[name]
@@ -177,7 +165,7 @@ def _semantic_problems(policy: Policy, root: MappingNode) -> list[tuple[int, str
             if value is not None and not low <= value <= high:
                 problems.append(
                     (
-                        _line(root, ("metrics", name, key)),
+                        line_of(root, ("metrics", name, key)),
                         f"metrics.{name}.{key}: bad bound {value}: {name} lies in "
                         f"[{low:g}, {high:g}]",
                     )
@@ -186,7 +174,7 @@ def _semantic_problems(policy: Policy, root: MappingNode) -> list[tuple[int, str
         if rule.max_regression is not None and rule.max_regression > span:
             problems.append(
                 (
-                    _line(root, ("metrics", name, "max_regression")),
+                    line_of(root, ("metrics", name, "max_regression")),
                     f"metrics.{name}.max_regression: bad bound {rule.max_regression}: "
                     f"{name} only spans {span:g}",
                 )
@@ -196,7 +184,7 @@ def _semantic_problems(policy: Policy, root: MappingNode) -> list[tuple[int, str
         if name not in METRICS_BY_TASK[task]:
             problems.append(
                 (
-                    _line(root, ("metrics", name)),
+                    line_of(root, ("metrics", name)),
                     f"metrics.{name}: a {_task_of_metric(name)} metric, but this policy's first "
                     f"metric is for {task}",
                 )
@@ -208,68 +196,13 @@ def _task_of_metric(name: str) -> str:
     return next(task for task, names in METRICS_BY_TASK.items() if name in names)
 
 
-def _duplicate_keys(node: Node, path: str = "") -> list[tuple[int, str]]:
-    """YAML lets a later key silently replace an earlier one; a policy must not."""
-    problems: list[tuple[int, str]] = []
-    if isinstance(node, MappingNode):
-        seen: set[object] = set()
-        for key, value in node.value:
-            name = f"{path}.{key.value}" if path else str(key.value)
-            if key.value in seen:
-                problems.append((key.start_mark.line + 1, f"{name}: duplicate key"))
-            seen.add(key.value)
-            problems.extend(_duplicate_keys(value, name))
-    elif isinstance(node, SequenceNode):
-        for item in node.value:
-            problems.extend(_duplicate_keys(item, path))
-    return problems
-
-
-def _line(root: Node, loc: tuple[Any, ...]) -> int:
-    """The 1-based line of the deepest node `loc` reaches (a key's own line where it names one)."""
-    node, line = root, root.start_mark.line + 1
-    for part in loc:
-        if isinstance(node, MappingNode):
-            match = next(((k, v) for k, v in node.value if k.value == str(part)), None)
-            if match is None:
-                break
-            line = match[0].start_mark.line + 1
-            node = match[1]
-        elif isinstance(node, SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return line
-
-
 def _message(error: Any) -> str:
     loc = [str(part) for part in error["loc"] if part != "[key]"]
     where = ".".join(loc)
     if error["type"] == "literal_error" and loc[:1] == ["metrics"] and len(loc) == 2:
         return f"{where}: unknown metric '{loc[1]}'; known: {', '.join(METRIC_NAMES)}"
     if error["type"] == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
+        allowed = yaml_files.allowed_keys(Policy, loc[:-1], keyed=_METRIC_KEYS)
         return f"{where}: unknown key '{loc[-1]}'; expected one of: {', '.join(allowed)}"
     message = str(error["msg"]).removeprefix("Value error, ")
     return f"{where or 'policy'}: {message}"
-
-
-def _allowed_keys(path: list[str]) -> list[str]:
-    model: type[BaseModel] = Policy
-    for part in path:
-        if part in HIGHER_IS_BETTER:
-            model = MetricRule
-            continue
-        field = model.model_fields.get(part)
-        if field is None:
-            return []
-        inner = [a for a in (field.annotation, *get_args(field.annotation)) if _is_model(a)]
-        if not inner:
-            return []
-        model = inner[0]
-    return list(model.model_fields)
-
-
-def _is_model(annotation: object) -> bool:
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel)

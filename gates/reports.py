@@ -4,18 +4,18 @@ All three are rendered from the same rows, so the files CI keeps say exactly wha
 terminal showed.
 """
 
-import json
-import math
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gates import rendering
 from gates.verdict import Check, Evidence, Verdict
 from registry.refs import ModelRef
 
 COLUMNS = ("check", "candidate", "baseline", "bound", "detail", "result")
+_NUMERIC = {1, 2}
+"""The columns aligned right: candidate and baseline."""
 _DETAIL_WIDTH = 48
 
 
@@ -98,42 +98,18 @@ def footer(report: Report) -> list[str]:
 
 def render_text(report: Report) -> str:
     """The one-screen table for stdout."""
-    table = [COLUMNS, *rows(report)]
-    widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
-    numeric = {1, 2}
-    lines = [
-        "  ".join(
-            cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
-            for i, cell in enumerate(row)
-        ).rstrip()
-        for row in table
-    ]
-    return "\n".join([*summary(report), "", *lines, "", *footer(report)]) + "\n"
+    return rendering.text(summary(report), [COLUMNS, *rows(report)], _NUMERIC, footer(report))
 
 
 def render_markdown(report: Report) -> str:
     """The same report for a pull request or a CI step summary."""
     icon = "✅" if report.verdict.passed else "❌"
-    table = [
-        "| " + " | ".join(COLUMNS) + " |",
-        "| "
-        + " | ".join("---:" if c in ("candidate", "baseline") else "---" for c in COLUMNS)
-        + " |",
-        *("| " + " | ".join(_escape(cell) for cell in row) + " |" for row in rows(report)),
-    ]
-    return (
-        "\n".join(
-            [
-                f"## {icon} Gate {report.outcome}: {report.model} v{report.candidate.version}",
-                "",
-                *(f"- {line}" for line in summary(report)),
-                "",
-                *table,
-                "",
-                *(f"- {line}" for line in footer(report)),
-            ]
-        )
-        + "\n"
+    return rendering.markdown(
+        f"## {icon} Gate {report.outcome}: {report.model} v{report.candidate.version}",
+        summary(report),
+        [COLUMNS, *rows(report)],
+        _NUMERIC,
+        footer(report),
     )
 
 
@@ -167,18 +143,13 @@ def render_json(report: Report) -> str:
         "seconds": round(report.seconds, 3),
         "phases": {name: round(seconds, 3) for name, seconds in report.phases.items()},
     }
-    return json.dumps(_finite(document), indent=2, allow_nan=False) + "\n"
+    return rendering.json_text(document)
 
 
 def write(report: Report, directory: Path) -> tuple[Path, Path]:
     """Write `gate-<model>-v<version>.json` and `.md` under `directory`; return both paths."""
-    directory.mkdir(parents=True, exist_ok=True)
-    safe_name = re.sub(r"[^A-Za-z0-9._-]", "_", report.model)
-    stem = f"gate-{safe_name}-v{report.candidate.version}"
-    json_path, markdown_path = directory / f"{stem}.json", directory / f"{stem}.md"
-    json_path.write_text(render_json(report), encoding="utf-8")
-    markdown_path.write_text(render_markdown(report), encoding="utf-8")
-    return json_path, markdown_path
+    stem = f"gate-{rendering.safe_name(report.model)}-v{report.candidate.version}"
+    return rendering.write(directory, stem, render_json(report), render_markdown(report))
 
 
 def _cells(check: Check) -> tuple[str, ...]:
@@ -201,18 +172,3 @@ def _number(value: float | None, unit: str) -> str:
     if unit == "ms":
         return f"{value:.2f} ms"
     return f"{value:.4f}"
-
-
-def _escape(cell: str) -> str:
-    return cell.replace("|", "\\|")
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN or infinity: an undefined number is null."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
-    return value

@@ -15,18 +15,15 @@ and line, so a typo is an error and never a guard silently skipped. The format:
     require_labels: false               # true: no promotion before the label metric is judged
 """
 
-import hashlib
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from yaml.nodes import MappingNode
 
+from gates import yaml_files
 from gates.errors import PolicyError
-
-# The gate policy's YAML plumbing: one way to find a key's line and to refuse duplicate keys.
-from gates.policy import _duplicate_keys, _line
+from gates.yaml_files import line_of
 
 LABEL_METRICS: dict[str, tuple[str, ...]] = {
     "classification": ("accuracy", "log_loss"),
@@ -93,37 +90,21 @@ class GuardPolicy(_Strict):
 
 def load(path: Path) -> tuple[GuardPolicy, str]:
     """The guards in `path` and the sha256 of its bytes; PolicyError names file, line, problem."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise PolicyError(str(path), [(0, f"cannot read the guards: {exc.strerror}")]) from exc
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PolicyError(str(path), [(0, "the guards are not UTF-8 text")]) from exc
-    return parse(text, source=str(path)), hashlib.sha256(raw).hexdigest()
+    text, sha256 = yaml_files.read(
+        path, unreadable="cannot read the guards", not_text="the guards are not UTF-8 text"
+    )
+    return parse(text, source=str(path)), sha256
 
 
 def parse(text: str, source: str = "<guards>") -> GuardPolicy:
     """Parse and validate guards; every problem is reported with its 1-based line."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 0
-        raise PolicyError(source, [(line, f"not valid YAML: {exc.problem}")]) from exc
-    if not isinstance(root, MappingNode) or not isinstance(data, dict):
-        line = root.start_mark.line + 1 if root is not None else 1
-        raise PolicyError(source, [(line, "rollout guards are a mapping with at least `guards:`")])
-    problems = _duplicate_keys(root)
-    if problems:
-        raise PolicyError(source, problems)
-    try:
-        policy = GuardPolicy.model_validate(data)
-    except ValidationError as exc:
-        problems = [(_line(root, e["loc"]), _message(e)) for e in exc.errors()]
-        raise PolicyError(source, sorted(set(problems))) from exc
+    policy, root = yaml_files.validate(
+        text,
+        source,
+        GuardPolicy,
+        not_a_mapping="rollout guards are a mapping with at least `guards:`",
+        message=_message,
+    )
     problems = _semantic_problems(policy, root)
     if problems:
         raise PolicyError(source, problems)
@@ -136,7 +117,7 @@ def _semantic_problems(policy: GuardPolicy, root: MappingNode) -> list[tuple[int
     if all(getattr(guards, name) is None for name in Guards.model_fields):
         return [
             (
-                _line(root, ("guards",)),
+                line_of(root, ("guards",)),
                 f"guards: name at least one of {', '.join(Guards.model_fields)}",
             )
         ]
@@ -146,7 +127,7 @@ def _semantic_problems(policy: GuardPolicy, root: MappingNode) -> list[tuple[int
         if bound.max_regression > _SPANS[name]:
             problems.append(
                 (
-                    _line(root, ("guards", name, "max_regression")),
+                    line_of(root, ("guards", name, "max_regression")),
                     f"guards.{name}.max_regression: bad bound {bound.max_regression}: {name} "
                     f"only spans {_SPANS[name]:g}",
                 )
@@ -156,7 +137,7 @@ def _semantic_problems(policy: GuardPolicy, root: MappingNode) -> list[tuple[int
         for name in metrics:
             problems.append(
                 (
-                    _line(root, ("guards", name)),
+                    line_of(root, ("guards", name)),
                     f"guards.{name}: label metrics of one task only (classification: "
                     f"{', '.join(LABEL_METRICS['classification'])}; regression: "
                     f"{', '.join(LABEL_METRICS['regression'])})",
@@ -165,7 +146,7 @@ def _semantic_problems(policy: GuardPolicy, root: MappingNode) -> list[tuple[int
     if policy.require_labels and not metrics:
         problems.append(
             (
-                _line(root, ("require_labels",)),
+                line_of(root, ("require_labels",)),
                 "require_labels: true needs a label-metric guard (accuracy, log_loss, rmse, mae)",
             )
         )
@@ -176,24 +157,7 @@ def _message(error: Any) -> str:
     loc = [str(part) for part in error["loc"]]
     where = ".".join(loc)
     if error["type"] == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
+        allowed = yaml_files.allowed_keys(GuardPolicy, loc[:-1])
         return f"{where}: unknown key '{loc[-1]}'; expected one of: {', '.join(allowed)}"
     message = str(error["msg"]).removeprefix("Value error, ")
     return f"{where or 'guards'}: {message}"
-
-
-def _allowed_keys(path: list[str]) -> list[str]:
-    model: type[BaseModel] = GuardPolicy
-    for part in path:
-        field = model.model_fields.get(part)
-        if field is None:
-            return []
-        inner = [a for a in (field.annotation, *get_args(field.annotation)) if _is_model(a)]
-        if not inner:
-            return []
-        model = inner[0]
-    return list(model.model_fields)
-
-
-def _is_model(annotation: object) -> bool:
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel)

@@ -19,7 +19,7 @@ functions the report uses.
 """
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +39,8 @@ POWER = 0.8
 """The chance of a decision, by the estimated label count, when the difference is real."""
 
 Floats = NDArray[np.float64]
+Moments = tuple[Floats, Floats, Floats]
+"""Mean, sample variance and count of one arm's per-row values."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,18 +135,9 @@ def mean_difference(
 ) -> tuple[Floats, Floats, Floats]:
     """(estimate, half-width, variance x n) of the difference of two means, from each arm's
     sum, sum of squares and count of per-row values."""
-    moments = [
-        _moments(s, q, n)
-        for s, q, n in (
-            (candidate_sum, candidate_sq, candidate_n),
-            (baseline_sum, baseline_sq, baseline_n),
-        )
-    ]
-    (mean_c, var_c, n_c), (mean_b, var_b, n_b) = moments
-    n = n_c + n_b
-    with np.errstate(divide="ignore", invalid="ignore"):
-        variance = n * (var_c / n_c + var_b / n_b)
-    return mean_c - mean_b, halfwidth(variance, n, alpha), variance
+    candidate = _moments(candidate_sum, candidate_sq, candidate_n)
+    baseline = _moments(baseline_sum, baseline_sq, baseline_n)
+    return _difference(candidate, baseline, alpha)
 
 
 def root_mean_difference(
@@ -156,25 +149,33 @@ def root_mean_difference(
     baseline_n: ArrayLike,
     alpha: float = ALPHA,
 ) -> tuple[Floats, Floats, Floats]:
-    """As `mean_difference`, for the square roots of the means (RMSE from squared errors),
-    by the delta method: sd(sqrt(m)) = sd(m) / (2 sqrt(m))."""
-    moments = [
-        _moments(s, q, n)
-        for s, q, n in (
-            (candidate_sum, candidate_sq, candidate_n),
-            (baseline_sum, baseline_sq, baseline_n),
-        )
-    ]
-    (mean_c, var_c, n_c), (mean_b, var_b, n_b) = moments
+    """As `mean_difference`, for the square roots of the means (RMSE from squared errors)."""
+    candidate = _root(_moments(candidate_sum, candidate_sq, candidate_n))
+    baseline = _root(_moments(baseline_sum, baseline_sq, baseline_n))
+    return _difference(candidate, baseline, alpha)
+
+
+def _difference(
+    candidate: Moments, baseline: Moments, alpha: float
+) -> tuple[Floats, Floats, Floats]:
+    """(estimate, half-width, variance x n) of candidate mean - baseline mean."""
+    (mean_c, var_c, n_c), (mean_b, var_b, n_b) = candidate, baseline
     n = n_c + n_b
     with np.errstate(divide="ignore", invalid="ignore"):
-        var_root_c = var_c / (4 * np.maximum(mean_c, 1e-300))
-        var_root_b = var_b / (4 * np.maximum(mean_b, 1e-300))
-        variance = n * (var_root_c / n_c + var_root_b / n_b)
-    return np.sqrt(mean_c) - np.sqrt(mean_b), halfwidth(variance, n, alpha), variance
+        variance = n * (var_c / n_c + var_b / n_b)
+    return mean_c - mean_b, halfwidth(variance, n, alpha), variance
 
 
-def _moments(total: ArrayLike, squares: ArrayLike, n: ArrayLike) -> tuple[Floats, Floats, Floats]:
+def _root(moments: Moments) -> Moments:
+    """The moments of the square root of the mean, by the delta method:
+    sd(sqrt(m)) = sd(m) / (2 sqrt(m))."""
+    mean, variance, n = moments
+    with np.errstate(divide="ignore", invalid="ignore"):
+        root_variance = variance / (4 * np.maximum(mean, 1e-300))
+    return np.sqrt(mean), root_variance, n
+
+
+def _moments(total: ArrayLike, squares: ArrayLike, n: ArrayLike) -> Moments:
     """Mean, sample variance and count from sums."""
     n = np.asarray(n, dtype="float64")
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -207,16 +208,7 @@ def labels_needed(
     def enough(n: float) -> bool:
         return float(halfwidth(variance, n, alpha)) + z * math.sqrt(variance / n) <= effect
 
-    if not enough(limit):
-        return None
-    low, high = 1, limit
-    while low < high:
-        middle = (low + high) // 2
-        if enough(middle):
-            high = middle
-        else:
-            low = middle + 1
-    return low
+    return _smallest(enough, limit) if enough(limit) else None
 
 
 # Simulations: the benchmark calls these with the goal's sizes; the tests with small ones.
@@ -231,7 +223,11 @@ def simulate_aa(
 ) -> float:
     """Share of A/A experiments (both arms equally accurate, 50/50) in which some look's
     confidence sequence decides a difference: the false decision rate."""
-    decided = _looks(experiments, looks, labels_per_look, accuracy, accuracy, seed)
+    rng = np.random.default_rng(seed)
+    estimate, width, n_arm = _looked(
+        rng, (accuracy, accuracy), labels_per_look // 2, looks, (experiments,)
+    )
+    decided = (np.abs(estimate) > width) & (n_arm >= MIN_LABELS_PER_ARM)
     return float(decided.any(axis=1).mean())
 
 
@@ -255,11 +251,10 @@ def simulate_power(
     better = 0
     for i, total in enumerate(estimates):
         per_look = max((total - pilot_labels) // looks, 2)
-        steps = rng.binomial(per_look // 2, [accuracy + gap, accuracy], (looks, 2))
-        arm_c = wins_c[i] + np.cumsum(steps[:, 0])
-        arm_b = wins_b[i] + np.cumsum(steps[:, 1])
-        n_arm = half + (per_look // 2) * np.arange(1, looks + 1)
-        estimate, width, _ = mean_difference(arm_c, arm_c, n_arm, arm_b, arm_b, n_arm)
+        pilot = (wins_c[i], wins_b[i], half)
+        estimate, width, _ = _looked(
+            rng, (accuracy + gap, accuracy), per_look // 2, looks, pilot=pilot
+        )
         better += bool((estimate - width > 0).any())
     return better / experiments, float(np.median(estimates))
 
@@ -286,25 +281,37 @@ def srm_requests_needed(lost: float, power: float = 0.95, share: float = 0.5) ->
     observed = share / logged
     per_request = logged * ((observed - share) ** 2 / share + (observed - share) ** 2 / (1 - share))
     critical = float(stats.chi2.isf(SRM_ALARM_P, 1))
-    low, high = 1, 10**12
+    return _smallest(lambda n: float(stats.ncx2.sf(critical, 1, n * per_request)) >= power, 10**12)
+
+
+def _smallest(enough: Callable[[int], bool], limit: int) -> int:
+    """The smallest n in [1, limit] that is `enough` (`limit` when none is), by bisection:
+    `enough` must hold for every n above one it holds for."""
+    low, high = 1, limit
     while low < high:
         middle = (low + high) // 2
-        if float(stats.ncx2.sf(critical, 1, middle * per_request)) >= power:
+        if enough(middle):
             high = middle
         else:
             low = middle + 1
     return low
 
 
-def _looks(
-    experiments: int, looks: int, labels_per_look: int, acc_c: float, acc_b: float, seed: int
-) -> NDArray[np.bool_]:
-    """Per experiment and look, whether the sequence excludes zero (50/50, accuracy)."""
-    rng = np.random.default_rng(seed)
-    per_arm = labels_per_look // 2
-    wins = rng.binomial(per_arm, [acc_c, acc_b], (experiments, looks, 2)).cumsum(axis=1)
-    n_arm = per_arm * np.arange(1, looks + 1)
-    wins_c, wins_b = wins[..., 0].astype("float64"), wins[..., 1].astype("float64")
+def _looked(
+    rng: np.random.Generator,
+    accuracies: tuple[float, float],
+    per_arm: int,
+    looks: int,
+    experiments: tuple[int, ...] = (),
+    pilot: tuple[float, float, int] = (0.0, 0.0, 0),
+) -> tuple[Floats, Floats, NDArray[np.int64]]:
+    """(estimate, half-width, labels per arm) of candidate - baseline accuracy at each look,
+    each look adding `per_arm` labels per arm answered right at `accuracies` (candidate,
+    baseline), on top of a `pilot` (candidate wins, baseline wins, labels per arm). The last
+    axis is the looks; `experiments` the independent experiments before it."""
+    pilot_c, pilot_b, pilot_n = pilot
+    wins = rng.binomial(per_arm, list(accuracies), (*experiments, looks, 2)).cumsum(axis=-2)
+    wins_c, wins_b = pilot_c + wins[..., 0], pilot_b + wins[..., 1]
+    n_arm = pilot_n + per_arm * np.arange(1, looks + 1)
     estimate, width, _ = mean_difference(wins_c, wins_c, n_arm, wins_b, wins_b, n_arm)
-    enough = n_arm >= MIN_LABELS_PER_ARM
-    return np.asarray((np.abs(estimate) > width) & enough)
+    return estimate, width, n_arm
