@@ -74,9 +74,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD=false \
     MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD=false \
     MODELYARD_MODEL_CACHE_DIR=/var/cache/modelyard
-# The cache and the state directory (MODELYARD_STATE_DIR, set where a volume backs it).
+# The cache, the state directory (MODELYARD_STATE_DIR, set where a volume backs it) and the
+# compose stack's prediction log: a fresh named volume copies its mount point's owner.
 RUN useradd --system --uid 10001 --user-group --create-home modelyard \
-    && install -d -o modelyard -g modelyard -m 0700 /var/cache/modelyard /var/lib/modelyard
+    && install -d -o modelyard -g modelyard -m 0700 /var/cache/modelyard /var/lib/modelyard \
+        /var/lib/prediction-log
 # Numeric, so that Kubernetes' runAsNonRoot can verify it.
 USER 10001:10001
 WORKDIR /home/modelyard

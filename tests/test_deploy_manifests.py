@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import kubernetes_validate
@@ -287,6 +288,41 @@ def test_compose_serving_holds_no_keys_and_reaches_only_mlflow(compose: dict[str
     assert not [name for name in shared if services[name].get("ports") and name != "mlflow"]
 
 
+def test_compose_replicas_log_to_one_volume_the_trainer_reads(compose: dict[str, Any]) -> None:
+    """Every replica writes the same log root, a named volume (no S3 keys needed), each from
+    its own spool; the trainer's `experiment report` reads that volume."""
+    services = compose["services"]
+    serving, trainer = services["serving"], services["trainer"]
+    root = serving["environment"]["MODELYARD_PREDICTION_LOG"]
+    assert trainer["environment"]["MODELYARD_PREDICTION_LOG"] == root
+
+    def mounts(service: dict[str, Any]) -> dict[str, tuple[str | None, str]]:
+        """Mount path -> (volume name or None when anonymous, options)."""
+        found = {}
+        for entry in service["volumes"]:
+            parts = entry.split(":")
+            if len(parts) == 1:
+                found[parts[0]] = (None, "rw")
+            else:
+                found[parts[1]] = (parts[0], parts[2] if len(parts) > 2 else "rw")
+        return found
+
+    volume, options = mounts(serving)[root]
+    assert volume in compose["volumes"]
+    assert options == "rw"
+    assert mounts(trainer)[root][0] == volume
+    # The log's file names start with the host name: replicas must keep their own.
+    assert not {"hostname", "container_name"} & set(serving)
+
+    spool = Path(serving["environment"]["MODELYARD_PREDICTION_LOG_SPOOL"])
+    (holder,) = [Path(path) for path in mounts(serving) if spool.is_relative_to(path)]
+    assert mounts(serving)[str(holder)][0] is None, "the spool must be per replica (anonymous)"
+    assert Path(serving["environment"]["MODELYARD_STATE_DIR"]) == holder
+
+    runs = " ".join(a for keyword, a in dockerfile_stage("serving") if keyword == "RUN").split()
+    assert root in runs[runs.index("install") :], "a fresh volume takes its mount point's owner"
+
+
 def test_prometheus_scrapes_every_serving_replica(compose: dict[str, Any]) -> None:
     (job,) = load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]
     (discovery,) = job["dns_sd_configs"]
@@ -364,20 +400,37 @@ def test_deployment_keeps_state_on_a_volume_it_does_not_chmod(deployment: dict[s
     assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
 
 
-def test_kubernetes_serving_holds_no_s3_keys_and_talks_only_to_mlflow(
+def test_kubernetes_serving_logs_to_s3_with_keys_from_the_secret(
+    deployment: dict[str, Any],
+) -> None:
+    """Pods on different nodes share the log through S3; its keys come from the Secret only,
+    and the spool is on the state volume, which outlives a container restart."""
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {item["name"]: item for item in container["env"]}
+    secret = load_yaml(K8S_DIR / SECRET_EXAMPLE)
+    assert env["MODELYARD_PREDICTION_LOG"]["value"].startswith("s3://")
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(secret["stringData"])
+    assert not [key for key in env if key.startswith("AWS_")]
+    assert container["envFrom"] == [{"secretRef": {"name": secret["metadata"]["name"]}}]
+    spool = Path(env["MODELYARD_PREDICTION_LOG_SPOOL"]["value"])
+    assert spool.is_relative_to(env["MODELYARD_STATE_DIR"]["value"])
+
+
+def test_kubernetes_serving_talks_only_to_mlflow_and_the_log_store(
     deployment: dict[str, Any],
 ) -> None:
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     secret = load_yaml(K8S_DIR / SECRET_EXAMPLE)["stringData"]
-    env = {item["name"] for item in container["env"]} | set(secret)
-    assert not [key for key in env if key.startswith(("AWS_", "MLFLOW_S3"))]
+    env = {item["name"]: item.get("value") for item in container["env"]}
     assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= set(secret)
+    s3_port = urlsplit(env["MLFLOW_S3_ENDPOINT_URL"]).port
     policy = load_yaml(K8S_DIR / "networkpolicy.yaml")["spec"]
     assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
     egress = {
         (port["protocol"], port["port"]) for rule in policy["egress"] for port in rule["ports"]
     }
-    assert egress == {("UDP", 53), ("TCP", 53), ("TCP", 5000)}
+    assert egress == {("UDP", 53), ("TCP", 53), ("TCP", 5000), ("TCP", s3_port)}
     assert all("to" not in rule or rule["to"] for rule in policy["egress"])
     ingress = [port["port"] for rule in policy["ingress"] for port in rule["ports"]]
     assert ingress == [8000]

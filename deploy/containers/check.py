@@ -34,6 +34,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -54,6 +55,9 @@ CACHE = Path(os.environ.get("MODELYARD_CACHE", Path.home() / ".cache" / "modelya
 PROJECT = "modelyard-e2e"
 MODEL = "cancer-classifier"
 SERVING = "serving"
+TRAFFIC_TAG = "modelyard.traffic"
+LOGGED_REQUESTS = 20
+"""Keyed requests sent to each replica by the prediction log's check."""
 LABEL = f"label=io.podman.compose.project={PROJECT}"
 STARTED = time.monotonic()
 
@@ -120,10 +124,11 @@ def http(
     body: Any = None,
     auth: tuple[str, str] | None = None,
     timeout: float = 10,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], Any]:
     """One JSON request; the status, headers and decoded body, errors included."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     if data is not None:
         request.add_header("Content-Type", "application/json")
     if auth is not None:
@@ -131,14 +136,14 @@ def http(
         request.add_header("Authorization", f"Basic {token}")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, headers, raw = response.status, response.headers, response.read()
+            status, answer, raw = response.status, response.headers, response.read()
     except urllib.error.HTTPError as error:
-        status, headers, raw = error.code, error.headers, error.read()
+        status, answer, raw = error.code, error.headers, error.read()
     try:
         payload = json.loads(raw) if raw else None
     except ValueError:
         payload = raw.decode(errors="replace")
-    return status, {name.lower(): value for name, value in headers.items()}, payload
+    return status, {name.lower(): value for name, value in answer.items()}, payload
 
 
 def free_port() -> int:
@@ -462,16 +467,20 @@ def replicas_ready(stack: Stack, version: str) -> str:
     return wait_for(f"{stack.replicas} serving replicas healthy with v{version}", probe, 420)
 
 
-def prediction_request() -> dict[str, Any]:
-    """Two holdout rows of the demo model's dataset, as the README's example sends them."""
+def prediction_request() -> tuple[dict[str, Any], list[int]]:
+    """Two holdout rows of the demo model's dataset, as the README's example sends them, and
+    their true labels."""
     sys.path.insert(0, str(ROOT))
     from training.datasets import load_split
 
-    rows = load_split("breast-cancer").x_holdout.head(2)
-    return {"dataframe_split": {"columns": list(rows.columns), "data": rows.values.tolist()}}
+    split = load_split("breast-cancer")
+    rows = split.x_holdout.head(2)
+    request = {"dataframe_split": {"columns": list(rows.columns), "data": rows.values.tolist()}}
+    return request, [int(target) for target in split.y_holdout.head(2)]
 
 
 REQUEST: dict[str, Any] = {}
+TARGETS: list[int] = []
 
 
 def answering_version(url: str) -> str:
@@ -565,7 +574,8 @@ def prometheus_scrapes_both(stack: Stack) -> str:
 
 
 def serving_runs_as_the_manifest_asks(stack: Stack) -> str:
-    """Non-root (the manifest's runAsUser), read-only root, writable only where k8s mounts."""
+    """Non-root (the manifest's runAsUser), read-only root, writable only where k8s mounts
+    and in the prediction log's volume (Kubernetes keeps that log in S3)."""
     pod = yaml.safe_load(DEPLOYMENT.read_text())["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     user = pod["securityContext"]["runAsUser"]
@@ -574,7 +584,7 @@ def serving_runs_as_the_manifest_asks(stack: Stack) -> str:
         mount["mountPath"]
         for mount in container["volumeMounts"]
         if not mount.get("readOnly") and "emptyDir" in volumes[mount["name"]]
-    }
+    } | {log_root()}
     for name in stack.containers(SERVING):
         status = podman("exec", name, "cat", "/proc/1/status")
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
@@ -639,6 +649,119 @@ def serving_reaches_only_mlflow(stack: Stack) -> str:
     return f"each replica reached mlflow:5000 and none of {len(targets) - 1} other addresses"
 
 
+def log_root() -> str:
+    """Where compose puts the prediction log (a named volume every replica mounts)."""
+    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    return str(services[SERVING]["environment"]["MODELYARD_PREDICTION_LOG"])
+
+
+# Per (alias, version): rows answered and labelled by the prediction log's checks, and when
+# the first was sent.
+LOGGED: Counter[tuple[str, str]] = Counter()
+LOG_SINCE: list[datetime] = []
+
+
+def send_and_label(url: str, count: int) -> str:
+    """`count` keyed requests to one replica, then their true labels as its feedback."""
+    run = os.urandom(4).hex()
+    labels = []
+    for i in range(count):
+        status, headers, body = http(
+            "POST",
+            f"{url}/models/{MODEL}/invocations",
+            REQUEST,
+            headers={"X-Routing-Key": f"e2e-{run}-{i}"},
+        )
+        if status != 200 or "x-request-id" not in headers:
+            raise CheckFailed(f"a keyed request to {url} answered {status}: {body}")
+        LOGGED[headers["x-model-alias"], headers["x-model-version"]] += len(TARGETS)
+        labels += [
+            {"request_id": headers["x-request-id"], "row": row, "target": target}
+            for row, target in enumerate(TARGETS)
+        ]
+    url = f"{url}/models/{MODEL}/feedback"
+    status, _, body = http("POST", url, {"feedback": labels})
+    if status != 202 or body != {"accepted": len(labels)}:
+        raise CheckFailed(f"{url} answered {status} to {len(labels)} labels: {body}")
+    return f"{count} requests, {len(labels)} labels"
+
+
+def report_reads_what_was_logged(stack: Stack) -> str:
+    """The experiment report, run in the trainer on the shared volume, reads every logged row
+    and label since the check's first request, once each, per arm (shipping takes a flush
+    interval and then some: it is asked again until then)."""
+    since = LOG_SINCE[0].isoformat()
+    expected = {f"{alias} v{version}": rows for (alias, version), rows in LOGGED.items()}
+
+    def probe() -> tuple[bool, str]:
+        output = stack.trainer("experiment", "report", MODEL, "--since", since, "--format", "json")
+        try:
+            document = json.loads(output)
+        except ValueError as error:
+            raise CheckFailed(f"the report printed no JSON ({error}):\n{output[-1500:]}") from None
+        arms = {
+            f"{a['alias']} v{a['version']}": (a["rows"], a["labelled"]) for a in document["arms"]
+        }
+        seen = (document["rows_read"], document["labels_read"], arms)
+        total = sum(expected.values())
+        done = seen == (total, total, {arm: (rows, rows) for arm, rows in expected.items()})
+        if document["rows_read"] > total or document["labels_read"] > total:
+            raise CheckFailed(f"the report read more than was sent ({total} rows): {seen}")
+        status = f"rows {seen[0]}, labels {seen[1]}, arms {arms}; decision {document['decision']}"
+        return done, status + f", MLflow run {document['run']['id']}"
+
+    return wait_for(f"the report to read {sum(expected.values())} rows and labels", probe, 120)
+
+
+def predictions_are_logged_and_reported(stack: Stack) -> str:
+    """A 50/50 split of production (v2) and staging (v1); keyed requests to each replica and
+    their labels; the trainer's experiment report reads them all, per arm."""
+    split = {"production": 50, "staging": 50}
+    for path, body in (
+        ("registered-models/alias", {"name": MODEL, "alias": "staging", "version": "1"}),
+        (
+            "registered-models/set-tag",
+            {"name": MODEL, "key": TRAFFIC_TAG, "value": json.dumps(split | {"salt": PROJECT})},
+        ),
+    ):
+        status, _, answer = http(
+            "POST", f"{stack.mlflow}/api/2.0/mlflow/{path}", body, auth=stack.admin
+        )
+        if status != 200:
+            raise CheckFailed(f"MLflow refused {path}: {status} {answer}")
+
+    def following() -> tuple[bool, str]:
+        seen = {}
+        for name, url in serving_urls(stack).items():
+            model = http("GET", f"{url}/models")[2]["models"][MODEL]
+            staging = model["aliases"].get("staging", {}).get("version")
+            seen[name] = (model["traffic"]["weights"], staging)
+        return all(w == split and v == "1" for w, v in seen.values()), str(seen)
+
+    wait_for("both replicas following the split", following, 120)
+    LOG_SINCE.append(datetime.now(UTC))
+    sent = {name: send_and_label(url, LOGGED_REQUESTS) for name, url in serving_urls(stack).items()}
+    return f"{sent}; {report_reads_what_was_logged(stack)}"
+
+
+def the_log_outlives_a_restart(stack: Stack) -> str:
+    """Requests, labels and at once a restart (SIGTERM): the log keeps every row once, and the
+    restarted replica logs again."""
+    name = stack.containers(SERVING)[0]
+    before = send_and_label(serving_urls(stack)[name], LOGGED_REQUESTS)
+    podman("restart", "--time", "40", name, timeout=120)
+
+    def ready() -> tuple[bool, str]:
+        health = (stack.state(name).get("Health") or {}).get("Status", "")
+        url = serving_urls(stack)[name]
+        status = http("GET", f"{url}/health/ready", timeout=5)[0]
+        return health == "healthy" and status == 200, f"{health}, ready {status}"
+
+    wait_for(f"{name} ready again after its restart", ready, 300)
+    after = send_and_label(serving_urls(stack)[name], LOGGED_REQUESTS)
+    return f"{name}: {before} before, {after} after; {report_reads_what_was_logged(stack)}"
+
+
 def down_leaves_nothing(stack: Stack) -> str:
     keep_logs(stack)
     started = time.monotonic()
@@ -695,7 +818,9 @@ def main() -> int:
     # every container it cannot give a systemd timer.
     os.environ["DISABLE_HC_SYSTEMD"] = "true"
     replicas = int(yaml.safe_load(DEPLOYMENT.read_text())["spec"]["replicas"])
-    REQUEST.update(prediction_request())
+    request, targets = prediction_request()
+    REQUEST.update(request)
+    TARGETS.extend(targets)
     steps: Sequence[tuple[str, Callable[[Stack], str]]] = [
         ("the stack up, each service once its depends_on conditions hold", stack_up),
         ("the training job registers a model", training_registers_a_model),
@@ -718,6 +843,15 @@ def main() -> int:
         (
             "serving reaches MLflow and nothing behind it (the compose networks)",
             serving_reaches_only_mlflow,
+        ),
+        (
+            "keyed predictions and their labels, logged by both replicas, are what the "
+            "experiment report reads in the trainer",
+            predictions_are_logged_and_reported,
+        ),
+        (
+            "the prediction log keeps every row across a replica's restart",
+            the_log_outlives_a_restart,
         ),
         ("`down` leaves nothing running", down_leaves_nothing),
     ]
