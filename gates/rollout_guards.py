@@ -27,14 +27,12 @@ hundred requests cannot roll back a healthy candidate on one slow request.
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
-import pyarrow.fs as pafs
 from numpy.typing import ArrayLike, NDArray
 
 from gates import experiment, sequential
@@ -249,6 +247,8 @@ class LogReader:
         self.root = root
         self.model = model
         self.window = Window(since, None)
+        self._oldest = since.timestamp() - self.SKEW_S
+        """Files last modified before this (Unix time) hold no record of the window."""
         self._seen: set[str] = set()
         self._predictions = PREDICTIONS.empty_table()
         self._feedback = predictionlog.FEEDBACK_SCHEMA.empty_table()
@@ -256,98 +256,28 @@ class LogReader:
     def read(self, *, labels: bool) -> tuple[pa.Table, pa.Table]:
         """The predictions since `since`, and (with `labels`) the labels that arrived since,
         the latest per (request_id, row); files new since the last call are read."""
-        self._predictions = self._add(
-            self._predictions, predictionlog.PREDICTIONS, predictionlog.PREDICTION_SCHEMA
-        )
+        self._predictions = self._add(self._predictions, predictionlog.PREDICTIONS)
         if not labels:
             return self._predictions, predictionlog.FEEDBACK_SCHEMA.empty_table()
-        self._feedback = self._add(
-            self._feedback, predictionlog.FEEDBACK, predictionlog.FEEDBACK_SCHEMA
-        )
-        return self._predictions, _latest(self._feedback)
+        self._feedback = self._add(self._feedback, predictionlog.FEEDBACK)
+        return self._predictions, predictionlog.latest_labels(self._feedback)
 
-    def _add(self, table: pa.Table, kind: str, schema: pa.Schema) -> pa.Table:
-        new = [path for path in self._files(kind) if path not in self._seen]
+    def _add(self, table: pa.Table, kind: str) -> pa.Table:
+        new = [
+            info
+            for info in predictionlog.list_files(self.root, kind, self.model, self.window)
+            if info.path not in self._seen
+            and (info.mtime is None or info.mtime.timestamp() >= self._oldest)
+        ]
         if not new:
             return table
-        try:
-            dataset = ds.dataset(
-                new, schema=schema, format="parquet", filesystem=self.root.filesystem
-            )
-            found = dataset.to_table(columns=table.schema.names, filter=self.window.expression())
-        except (OSError, pa.ArrowException) as exc:
-            raise predictionlog.PredictionLogError(
-                f"cannot read the log under {self.root.location}: {exc}"
-            ) from exc
-        self._seen.update(new)
+        found = predictionlog.read_files(self.root, new, kind, table.schema.names, self.window)
+        self._seen.update(info.path for info in new)
         return pa.concat_tables([table, found.cast(table.schema)]).combine_chunks()
-
-    def _files(self, kind: str) -> list[str]:
-        """The Parquet files of the partitions the window touches, modified late enough."""
-        since = self.window.since
-        assert since is not None
-        oldest = since.timestamp() - self.SKEW_S
-        directories = []
-        for day_dir, day in self._partitions(self.root.model_dir(kind, self.model), "date"):
-            if not self.window.holds_date(date.fromisoformat(day)):
-                continue
-            if kind == predictionlog.FEEDBACK:
-                directories.append(day_dir)
-                continue
-            directories += [
-                hour_dir
-                for hour_dir, hour in self._partitions(day_dir, "hour")
-                if self.window.holds_hour(date.fromisoformat(day), int(hour))
-            ]
-        return [
-            info.path
-            for directory in directories
-            for info in self._list(directory, recursive=True)
-            if info.type == pafs.FileType.File
-            and info.base_name.endswith(".parquet")
-            and info.base_name[0] not in "._"
-            and (info.mtime is None or info.mtime.timestamp() >= oldest)
-        ]
-
-    def _partitions(self, directory: str, key: str) -> list[tuple[str, str]]:
-        found = []
-        for info in self._list(directory, recursive=False):
-            name = info.base_name
-            if info.type == pafs.FileType.Directory and name.startswith(f"{key}="):
-                value = name.split("=", 1)[1]
-                try:
-                    date.fromisoformat(value) if key == "date" else int(value)
-                except ValueError:
-                    continue  # not a partition of this layout
-                found.append((info.path, value))
-        return found
-
-    def _list(self, directory: str, *, recursive: bool) -> list[pafs.FileInfo]:
-        selector = pafs.FileSelector(directory, allow_not_found=True, recursive=recursive)
-        try:
-            return list(self.root.filesystem.get_file_info(selector))
-        except OSError as exc:
-            raise predictionlog.PredictionLogError(
-                f"cannot list {directory} under {self.root.location}: {exc}"
-            ) from exc
 
 
 PREDICTIONS = pa.schema([predictionlog.PREDICTION_SCHEMA.field(name) for name in COLUMNS])
 """The predictions' columns the guards read."""
-
-
-def _latest(feedback: pa.Table) -> pa.Table:
-    """The latest label per (request_id, row), as read_feedback keeps them."""
-    if feedback.num_rows == 0:
-        return feedback
-    ordered = feedback.sort_by([("ts", "ascending")])
-    positions = pa.array(range(ordered.num_rows), pa.int64())
-    last = (
-        ordered.append_column("_position", positions)
-        .group_by(["request_id", "row"], use_threads=False)
-        .aggregate([("_position", "max")])
-    )
-    return ordered.take(last["_position_max"])
 
 
 @dataclass(frozen=True, slots=True)

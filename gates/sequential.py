@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import stats
+from scipy import special
 
 ALPHA = 0.05
 """1 - the confidence of the sequence."""
@@ -83,7 +83,7 @@ def chi_square(counts: ArrayLike, shares: ArrayLike) -> tuple[Floats, Floats]:
         terms = np.where(expected > 0, (counts - expected) ** 2 / expected, 0.0)
     chi2 = terms.sum(axis=-1)
     degrees = max(int((shares > 0).sum(axis=-1).max()) - 1, 1) if shares.size else 1
-    p_value = np.where(impossible, 0.0, stats.chi2.sf(chi2, degrees))
+    p_value = np.where(impossible, 0.0, special.chdtrc(degrees, chi2))
     p_value = np.where(total[..., 0] > 0, p_value, 1.0)
     return np.where(impossible, np.inf, chi2), p_value
 
@@ -202,7 +202,7 @@ def labels_needed(
     `power`: the n where effect = half-width(n) + z_power * sd(n). None: not below `limit`."""
     if not (math.isfinite(variance) and math.isfinite(effect)) or effect == 0 or variance <= 0:
         return None
-    z = float(stats.norm.ppf(power))
+    z = float(special.ndtri(power))
     effect = abs(effect)
 
     def enough(n: float) -> bool:
@@ -280,8 +280,10 @@ def srm_requests_needed(lost: float, power: float = 0.95, share: float = 0.5) ->
     logged = share + (1 - share) * (1 - lost)
     observed = share / logged
     per_request = logged * ((observed - share) ** 2 / share + (observed - share) ** 2 / (1 - share))
-    critical = float(stats.chi2.isf(SRM_ALARM_P, 1))
-    return _smallest(lambda n: float(stats.ncx2.sf(critical, 1, n * per_request)) >= power, 10**12)
+    critical = float(special.chdtri(1, SRM_ALARM_P))
+    return _smallest(
+        lambda n: 1 - float(special.chndtr(critical, 1, n * per_request)) >= power, 10**12
+    )
 
 
 def _smallest(enough: Callable[[int], bool], limit: int) -> int:

@@ -88,6 +88,7 @@ _S3_ENV = {
     "secret_key": "AWS_SECRET_ACCESS_KEY",
     "session_token": "AWS_SESSION_TOKEN",
 }
+PARQUET = ds.ParquetFileFormat()
 T = TypeVar("T")
 _FILE_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
@@ -267,19 +268,22 @@ def read_predictions(
 ) -> pa.Table:
     """A model's prediction records in `window`: only the date and hour partitions the window
     touches are listed, only `columns` (default: the schema's) are read."""
-    wanted = list(columns or PREDICTION_SCHEMA.names)
-    files = _files(root, root.model_dir(PREDICTIONS, model), window, hourly=True)
-    return _read(root, files, PREDICTION_SCHEMA, wanted, window.expression())
+    files = list_files(root, PREDICTIONS, model, window)
+    return read_files(root, files, PREDICTIONS, columns, window)
 
 
 def read_feedback(root: LogRoot, model: str, since: datetime | None = None) -> pa.Table:
     """A model's labels that arrived from `since` on, the latest per (request_id, row)."""
     window = Window(since, None)
-    files = _files(root, root.model_dir(FEEDBACK, model), window, hourly=False)
-    table = _read(root, files, FEEDBACK_SCHEMA, FEEDBACK_SCHEMA.names, window.expression())
-    if table.num_rows == 0:
-        return table
-    ordered = table.sort_by([("ts", "ascending")])
+    files = list_files(root, FEEDBACK, model, window)
+    return latest_labels(read_files(root, files, FEEDBACK, None, window))
+
+
+def latest_labels(feedback: pa.Table) -> pa.Table:
+    """The latest label per (request_id, row), by arrival."""
+    if feedback.num_rows == 0:
+        return feedback
+    ordered = feedback.sort_by([("ts", "ascending")])
     positions = pa.array(range(ordered.num_rows), pa.int64())
     last = (
         ordered.append_column("_position", positions)
@@ -289,19 +293,45 @@ def read_feedback(root: LogRoot, model: str, since: datetime | None = None) -> p
     return ordered.take(last["_position_max"])
 
 
-def _files(root: LogRoot, base: str, window: Window, *, hourly: bool) -> list[str]:
-    """The Parquet files under the partitions `window` touches (readers skip `.`/`_` files)."""
-    files = []
+def list_files(root: LogRoot, kind: str, model: str, window: Window) -> list[pafs.FileInfo]:
+    """A model's Parquet files of `kind` under the partitions `window` touches (date and hour
+    for predictions, date for feedback), with the size and mtime the listing gave; files being
+    written (`.`/`_` names) are left out."""
+    base = root.model_dir(kind, model)
+    files: list[pafs.FileInfo] = []
     for day_dir, day in _partitions(root, base, "date", _parse_date):
         if not window.holds_date(day):
             continue
-        if not hourly:
+        if kind == FEEDBACK:
             files += _parquet_in(root, day_dir)
             continue
         for hour_dir, hour in _partitions(root, day_dir, "hour", int):
             if window.holds_hour(day, hour):
                 files += _parquet_in(root, hour_dir)
     return files
+
+
+def read_files(
+    root: LogRoot,
+    files: Sequence[pafs.FileInfo],
+    kind: str,
+    columns: Sequence[str] | None,
+    window: Window,
+) -> pa.Table:
+    """The records of `window` in `files` of `kind`, only `columns` (default: all). The sizes
+    come from the listing: reading needs no request per file to learn one."""
+    schema = PREDICTION_SCHEMA if kind == PREDICTIONS else FEEDBACK_SCHEMA
+    wanted = list(columns or schema.names)
+    unknown = [c for c in wanted if c not in schema.names]
+    if unknown:
+        raise PredictionLogError(f"the log has no column {unknown[0]!r}")
+    fs = root.filesystem
+    try:
+        fragments = [PARQUET.make_fragment(f.path, fs, file_size=f.size) for f in files]
+        dataset = ds.FileSystemDataset(fragments, schema, PARQUET, fs)
+        return dataset.to_table(columns=wanted, filter=window.expression())
+    except (OSError, pa.ArrowException) as exc:
+        raise PredictionLogError(f"cannot read the log under {root.location}: {exc}") from exc
 
 
 def _partitions(
@@ -318,9 +348,9 @@ def _partitions(
     return found
 
 
-def _parquet_in(root: LogRoot, directory: str) -> list[str]:
+def _parquet_in(root: LogRoot, directory: str) -> list[pafs.FileInfo]:
     return [
-        info.path
+        info
         for info in _list(root, directory, recursive=True)
         if info.type == pafs.FileType.File
         and info.base_name.endswith(".parquet")
@@ -338,23 +368,6 @@ def _list(root: LogRoot, directory: str, *, recursive: bool) -> Iterable[pafs.Fi
 
 def _parse_date(text: str) -> date:
     return date.fromisoformat(text)
-
-
-def _read(
-    root: LogRoot,
-    files: list[str],
-    schema: pa.Schema,
-    columns: list[str],
-    row_filter: ds.Expression | None,
-) -> pa.Table:
-    unknown = [c for c in columns if c not in schema.names]
-    if unknown:
-        raise PredictionLogError(f"the log has no column {unknown[0]!r}")
-    try:
-        dataset = ds.dataset(files, schema=schema, format="parquet", filesystem=root.filesystem)
-        return dataset.to_table(columns=columns, filter=row_filter)
-    except (OSError, pa.ArrowException) as exc:
-        raise PredictionLogError(f"cannot read the log under {root.location}: {exc}") from exc
 
 
 MAX_REQUEST_ID = 200

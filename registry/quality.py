@@ -2,7 +2,6 @@
 
 import numpy as np
 import pandas as pd
-from sklearn import metrics as sk
 
 from registry.contract import LABEL, PREDICTION, PROBABILITY, Task
 
@@ -25,6 +24,8 @@ PROBABILITY_CLIP = 1e-15
 
 def compute(task: Task, y_true: np.ndarray, output: pd.DataFrame) -> dict[str, float]:
     """Every metric of `task` for predictions in the output contract."""
+    from sklearn import metrics as sk  # imported here: readers of the constants need none
+
     if task == "classification":
         proba = np.clip(
             output[PROBABILITY].to_numpy(dtype="float64"), PROBABILITY_CLIP, 1 - PROBABILITY_CLIP

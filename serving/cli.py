@@ -6,20 +6,19 @@ import os
 import re
 import tempfile
 import warnings
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from fastapi import FastAPI
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from registry.client import bound_http_calls
 from serving import logs
-from serving.app import create_app
 from serving.auth import read_keyring
-from serving.connections import ServerConfig
 from serving.settings import ServingSettings
-from serving.shutdown import DrainingServer, supervise
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +32,9 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
 ) -> None:
     """Serve every registered model with a `production` alias (see MODELYARD_* settings)."""
+    from serving.connections import ServerConfig
+    from serving.shutdown import DrainingServer, supervise
+
     try:
         settings = ServingSettings()
         read_keyring(settings)  # a bad keys file stops here, named, before any worker starts
@@ -72,12 +74,14 @@ def serve(
     supervise(config, [config.bind_socket()])
 
 
-def worker_app() -> FastAPI:
+def worker_app() -> "FastAPI":
     """The app of one worker process, after configuring that process (logging, warnings).
 
     uvicorn spawns its workers as fresh interpreters, so what `serve` configured in its own
     process does not reach them: each worker configures itself here, once.
     """
+    from serving.app import create_app
+
     settings = ServingSettings()
     logs.configure(settings.log_level, settings.log_queue_lines)
     # serving.model calls a fitted scikit-learn estimator on a float matrix whose columns it has
