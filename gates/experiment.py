@@ -3,7 +3,9 @@ figure each arm (alias + version), test the split, judge candidate - baseline wi
 always-valid confidence sequence, and record it all in MLflow.
 
 `analyse` is a pure function of the records, the split and the two versions compared;
-`run` reads, analyses, writes the reports and records the run.
+`run` reads, analyses, writes the reports and records the run. Shadow records (the candidate's
+answers to the baseline's requests) are left out: counted, they would double count those
+requests and tie the arms together.
 """
 
 import json
@@ -124,6 +126,7 @@ class Analysis:
     notes: tuple[str, ...]
     timeline: Timeline
     rows_read: int
+    """Records analysed (shadow records are not)."""
     labels_read: int
 
     @property
@@ -232,7 +235,9 @@ def analyse(
     baseline: ModelRef | None,
     min_effect: float | None = None,
 ) -> Analysis:
-    """Figure every arm, test the split, judge the difference and decide."""
+    """Figure every arm, test the split, judge the difference and decide, on the records of
+    answers clients got (shadow records left out)."""
+    predictions = predictionlog.answered(predictions)
     notes = [split.problem] if split.problem else []
     frame, names = _joined(predictions, feedback, split.salt)
     task = _task(frame)

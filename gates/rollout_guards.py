@@ -6,8 +6,9 @@ Each guard ends `pass`, `breach` or `no_data`, with the figures it was judged on
 - `error_rate`: the candidate's share of requests answered 5xx stays within `max`.
 - `latency_p99_ratio`: the candidate's p99 stays within `max` times the baseline's, both
   measured in the same step (not judged where the baseline takes no traffic).
-- `agreement`: where both versions answered the same row (shadowed rows), they agree on at
-  least `min` of them.
+- `agreement`: where the candidate shadow-scored a row the baseline answered (a shadow record
+  of the candidate's version with the baseline's record of the same request id and row, logged
+  with shadow sampling on), they agree on at least `min` of them.
 - a label metric (`accuracy`, `log_loss`, `rmse`, `mae`): candidate - baseline regresses by
   no more than `max_regression`, judged on the experiment report's always-valid 95% confidence
   sequence over the whole rollout once both arms have `min_labels` labelled rows.
@@ -173,7 +174,8 @@ def evaluate(
     concurrent: bool = True,
 ) -> Evaluation:
     """Judge every guard: requests, errors, latency and agreement on the records from `since`
-    (the step's window), label metrics on all of `predictions` (the rollout's window).
+    (the step's window), label metrics on all of `predictions` (the rollout's window). Shadow
+    records count for agreement only.
 
     `concurrent` False (a step where the baseline takes no traffic): latency is not judged.
     The baseline's requests in such a step are the few answered before every replica followed
@@ -185,14 +187,15 @@ def evaluate(
         step = predictions.filter(after)
     guards = policy.guards
     minimum = policy.min_requests_per_step
-    candidate_step = _arm(step, candidate)
+    answered = predictionlog.answered(step)
+    candidate_step = _arm(answered, candidate)
     results = [_requests(candidate_step, minimum)]
     if guards.error_rate is not None:
         results.append(_error_rate(candidate_step, guards.error_rate.max, minimum))
     if guards.latency_p99_ratio is not None:
         ratio = guards.latency_p99_ratio.max
         if concurrent:
-            results.append(_latency(candidate_step, _arm(step, baseline), ratio, minimum))
+            results.append(_latency(candidate_step, _arm(answered, baseline), ratio, minimum))
         else:
             results.append(_latency_not_judged(ratio))
     if guards.agreement is not None:
@@ -385,16 +388,20 @@ def _latency(
 def _agreement(
     step: pa.Table, candidate: ModelRef, baseline: ModelRef, bound: float, minimum: int
 ) -> GuardResult:
-    """Rows both versions answered (same request id and row): the share answered alike."""
-    sides = []
-    for ref in (candidate, baseline):
-        mine = pc.and_(
-            pc.and_(
-                pc.equal(step["alias"], ref.alias or ""), pc.equal(step["version"], ref.version)
-            ),
-            pc.less(step["status"], 400),
-        )
-        sides.append(step.filter(mine).select(["request_id", "row", "label", "prediction"]))
+    """Rows the baseline answered and the candidate shadow-scored (a shadow record of the
+    candidate's version, whatever alias shadowed it, with the same request id and row): the
+    share answered alike."""
+    shadow = pc.equal(step["assignment"], predictionlog.SHADOW)
+    shadowed = pc.and_(shadow, pc.equal(step["version"], candidate.version))
+    served = pc.and_(
+        pc.and_(pc.invert(shadow), pc.less(step["status"], 400)),
+        pc.and_(
+            pc.equal(step["alias"], baseline.alias or ""),
+            pc.equal(step["version"], baseline.version),
+        ),
+    )
+    columns = ["request_id", "row", "label", "prediction"]
+    sides = [step.filter(shadowed).select(columns), step.filter(served).select(columns)]
     pairs = sides[0].join(sides[1], ["request_id", "row"], right_suffix="_b", join_type="inner")
     n = pairs.num_rows
     if n:
@@ -410,7 +417,7 @@ def _agreement(
     summary = (
         f"{_percent(share)} of {n} shadowed rows alike; evidence {_evidence(found)}"
         if n
-        else "no row answered by both versions (no shadowed rows in the log)"
+        else "no baseline row shadow-scored by the candidate in the log (is shadow sampling on?)"
     )
     return GuardResult(
         "agreement",

@@ -7,7 +7,7 @@ and line, so a typo is an error and never a guard silently skipped. The format:
     guards:                             # at least one
       error_rate: {max: 0.01}           # the candidate's share of requests answered 5xx
       latency_p99_ratio: {max: 1.5}     # candidate p99 / baseline p99
-      agreement: {min: 0.9}             # rows answered alike, where both versions scored them
+      agreement: {min: 0.9}             # rows answered alike, where the candidate shadowed
       accuracy: {max_regression: 0.02}  # a label metric, candidate - baseline (any of
                                         # accuracy, log_loss for classifiers; rmse, mae)
     min_requests_per_step: 100          # candidate requests a step needs before it can pass

@@ -15,6 +15,9 @@ with `.` or `_` are invisible to readers, so a writer writes `.<name>` and renam
 One prediction record per predicted row; sampling is per request (all its rows or none). An
 error response is one record, row 0, with the outputs null. Inputs are extra columns named
 `input.<column>` when the model stores them; readers that do not ask for them never read them.
+A shadow record (assignment `shadow`, no inputs) is the shadow alias's answer to a logged
+production request, under its request id and rows: readers of client traffic drop them
+(`answered`).
 """
 
 import hashlib
@@ -38,10 +41,14 @@ import pyarrow.parquet as pq
 PREDICTIONS, FEEDBACK = "predictions", "feedback"
 INPUT_PREFIX = "input."
 """Prefix of the columns holding a row's inputs, when the model stores them."""
-ASSIGNMENTS = ("key", "random", "pinned", "fallback")
+SHADOW = "shadow"
+"""The assignment of a shadow record: the shadow alias's answer to a production request."""
+ASSIGNMENTS = ("key", "random", "pinned", "fallback", SHADOW)
 """How a request reached its alias: its routing key, weighted random choice, a pinned URL, or
-the fallback alias because the chosen one was not loaded."""
-Assignment = Literal["key", "random", "pinned", "fallback"]
+the fallback alias because the chosen one was not loaded; or `shadow`: the record is the
+shadow alias's answer to a production request, under that request's id and rows (no client
+saw it)."""
+Assignment = Literal["key", "random", "pinned", "fallback", "shadow"]
 
 PREDICTION_SCHEMA = pa.schema(
     [
@@ -68,7 +75,8 @@ PREDICTION_SCHEMA = pa.schema(
 - `assignment`: one of ASSIGNMENTS; `salt`: the split's salt when the request was routed.
 - `key_hash`: `key_hash(salt, key)` of the `X-Routing-Key`, never the key; null without one.
 - `sample_rate`: the share of requests logged when this one was (1.0: all).
-- `status`: the HTTP status answered; `latency_ms`: the request's, the same on all its rows.
+- `status`: the HTTP status answered; `latency_ms`: the request's, the same on all its rows
+  (on shadow records: the shadow predict call's, which may have answered other samples too).
 - `label`, `probability` (classifiers), `prediction` (regressors): the contract's outputs,
   null where the task has no such column and on error records.
 """
@@ -261,6 +269,11 @@ class Window:
             below = ts < pa.scalar(self.until, pa.timestamp("us", tz="UTC"))
             found = below if found is None else found & below
         return found
+
+
+def answered(predictions: pa.Table) -> pa.Table:
+    """The records of answers clients got: shadow records left out."""
+    return predictions.filter(pc.not_equal(predictions["assignment"], SHADOW))
 
 
 def read_predictions(

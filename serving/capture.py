@@ -11,6 +11,8 @@ What can be lost: on SIGKILL, the rows still queued (those of the last flush int
 the spool write under way, if any); on SIGTERM, nothing (the queue is rolled into the spool,
 which the next process on it ships). While the store is down the spool grows up to its cap;
 past it, rows are dropped and counted. Requests are never slowed or failed by the log.
+Shadow answers (`serving.shadow`) are recorded by the shadow thread the same way; samples it
+has not scored when the process stops are not logged.
 
 Spool layout: `<spool>/<replica>/{predictions,feedback}/<model, URI-encoded>/<seq>.parquet`.
 A process holds an flock on its replica directory for its life; one that finds another

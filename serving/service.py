@@ -34,7 +34,7 @@ from serving.logs import TracebackLimiter
 from serving.metrics import Metrics
 from serving.model import LoadedModel, answer_rows
 from serving.settings import ServingSettings
-from serving.shadow import ShadowScorer
+from serving.shadow import ShadowLog, ShadowScorer
 from serving.slots import ServedModel, SlotTable
 from serving.status import Readiness, Status, check_model, check_process, describe
 from serving.watcher import Watcher
@@ -238,9 +238,11 @@ class Service:
         served: ServedModel | None = None
         batch: Batch | None = None
         predictions: Any = None
+        logged = False
         try:
             name = name or self.default_model()
             served = self.served(name)
+            logged = self.capture is not None and self.capture.sampled(name)
             if version is not None:
                 alias = served.alias_serving(version)
                 if alias is None:
@@ -266,9 +268,9 @@ class Service:
                 predictions = None
             else:
                 predictions = await self._predict(loaded, alias, decoded)
-                if alias == served.required_alias and self._shadow_sampled(name):
-                    self._shadow(served, loaded, decoded, predictions)
                 answer = codec.encode(predictions, loaded.ref)
+                if alias == served.required_alias and self._shadow_sampled(name):
+                    self._shadow(served, loaded, decoded, predictions, request_id, logged=logged)
         except ServingError as failure:
             error = failure
         outcome = Outcome(
@@ -284,7 +286,7 @@ class Service:
             latency_s=time.perf_counter() - started,
         )
         self._record(outcome, name, alias, key)
-        if self.capture is not None and served is not None and outcome.ref is not None:
+        if logged and served is not None and outcome.ref is not None:
             self._capture(served, outcome, routing_key, pinned, batch, predictions)
         return outcome
 
@@ -356,20 +358,18 @@ class Service:
         batch: Batch | None,
         predictions: Any,
     ) -> None:
-        """Queue the request for the prediction log, when it is sampled."""
+        """Queue the request, sampled for the prediction log, unless it answered no rows."""
         capture, ref = self.capture, outcome.ref
         assert capture is not None
         assert ref is not None
         assert outcome.alias is not None
         name = ref.name
         if outcome.error is None:
-            rows = batch.rows if batch is not None else answer_rows(predictions)
+            rows = _rows(batch, predictions)
             if not rows:
                 return
         else:
             rows, predictions, batch = 1, None, None
-        if not capture.sampled(name):
-            return
         if pinned:
             assignment, salt = "pinned", None
         else:
@@ -400,13 +400,28 @@ class Service:
         return rate > 0 and self._random.random() < rate
 
     def _shadow(
-        self, served: ServedModel, primary: LoadedModel, decoded: protocol.Decoded, answer: Any
+        self,
+        served: ServedModel,
+        primary: LoadedModel,
+        decoded: protocol.Decoded,
+        answer: Any,
+        request_id: str,
+        *,
+        logged: bool,
     ) -> None:
-        """Score the request with the shadow alias too, off the request path (if it is loaded)."""
-        slot = served.slots.get(self.settings.shadow_alias)
+        """Score the request with the shadow alias too, off the request path (if it is loaded);
+        when the request is `logged`, the shadow's answer is logged beside it."""
+        alias, capture = self.settings.shadow_alias, self.capture
+        slot = served.slots.get(alias)
         shadow = slot.current if slot is not None else None
-        if shadow is not None and shadow is not primary:
-            self.shadow.offer(served, primary, shadow, decoded, answer)
+        if shadow is None or shadow is primary:
+            return
+        rows = _rows(decoded.batch, answer)
+        log = None
+        if logged and capture is not None and rows:
+            rate = capture.sample_rate(primary.ref.name)
+            log = ShadowLog(capture, alias, request_id, rows, rate)
+        self.shadow.offer(served, primary, shadow, decoded, answer, log)
 
     async def _decode(
         self, codec: protocol.Codec, body: bytes, content_type: str | None, loaded: LoadedModel
@@ -516,3 +531,8 @@ class Service:
             exc_info=exc,
             extra=extra | {"tracebacks_suppressed": suppressed},
         )
+
+
+def _rows(batch: Batch | None, predictions: Any) -> int | None:
+    """The rows an answered request is logged as: its validated rows, else its answer's."""
+    return batch.rows if batch is not None else answer_rows(predictions)

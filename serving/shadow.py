@@ -1,8 +1,9 @@
 """Shadow scoring: a sample of production traffic also scored by staging, off the request path.
 
-Only agreement is recorded, per (production version, staging version) pair: the share of
-rows with the same answer (labels, or exact values for other outputs) and, for numeric
-outputs, the mean absolute difference.
+Agreement is tallied per (production version, staging version) pair: the share of rows with
+the same answer (labels, or exact values for other outputs) and, for numeric outputs, the mean
+absolute difference. A sample whose production record is in the prediction log gets its shadow
+answer logged too (`ShadowLog`), so the log holds both answers to each of its rows.
 
 Sampled requests are buffered, not scored one by one: every SHADOW_INTERVAL_S (or sooner,
 once SHADOW_BATCH_ROWS rows wait) one thread merges the buffered requests that share a shadow
@@ -14,6 +15,7 @@ sample scored one request at a time cost production 1.30x its p99 (bench/swap.py
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,7 +24,10 @@ import numpy as np
 import pandas as pd
 
 from registry.contract import compared_column
+from registry.predictionlog import SHADOW
+from registry.refs import ModelRef
 from serving.batching import predict_together
+from serving.capture import PredictionCapture, Served
 from serving.metrics import Metrics
 from serving.model import rows_of
 from serving.protocol import Decoded
@@ -78,6 +83,42 @@ def _column(answer: Any) -> np.ndarray:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowLog:
+    """Where a sample's shadow answer goes in the prediction log: beside the production record
+    of the same request, under its request id and rows."""
+
+    capture: PredictionCapture
+    alias: str
+    """The shadow alias."""
+    request_id: str
+    rows: int
+    """The production record's rows."""
+    sample_rate: float
+
+    def record(self, shadow: ModelRef, answer: Any, latency_ms: float) -> None:
+        """Queue the shadow's answer: one `shadow` record per row, without inputs (the
+        production record holds them)."""
+        self.capture.record(
+            shadow.name,
+            Served(
+                request_id=self.request_id,
+                ts_us=time.time_ns() // 1000,
+                alias=self.alias,
+                version=shadow.version,
+                run_id=shadow.run_id,
+                assignment=SHADOW,
+                salt=None,
+                routing_key=None,
+                sample_rate=self.sample_rate,
+                status=200,
+                latency_ms=latency_ms,
+                rows=self.rows,
+                outputs=answer,
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Sample:
     """One sampled production request: what it asked, what production answered, who scores it."""
 
@@ -87,6 +128,8 @@ class Sample:
     decoded: Decoded
     answer: Any
     rows: int
+    log: ShadowLog | None
+    """Where its shadow answer is logged; None: not logged."""
 
     @property
     def labels(self) -> tuple[str, str, str]:
@@ -122,11 +165,12 @@ class ShadowScorer:
         shadow: "LoadedModel",
         decoded: Decoded,
         answer: Any,
+        log: ShadowLog | None,
     ) -> None:
         """Score `decoded`, which `primary` answered with `answer`, with `shadow` too, soon;
-        record agreement only. Skipped and counted when the buffer is full or `shadow` is
-        stuck. Never blocks on scoring."""
-        sample = Sample(served, primary, shadow, decoded, answer, max(rows_of(decoded), 1))
+        tally agreement and, with `log`, log the shadow's answer. Skipped and counted when the
+        buffer is full or `shadow` is stuck. Never blocks on scoring."""
+        sample = Sample(served, primary, shadow, decoded, answer, max(rows_of(decoded), 1), log)
         with self._wake:
             full = self._buffered_rows + sample.rows > SHADOW_BUFFER_ROWS
             if self._closed or full or shadow.pool.exhausted:
@@ -172,20 +216,24 @@ class ShadowScorer:
 
     def _score(self, samples: list[Sample]) -> None:
         """Predict each group of samples that can merge as one call (each alone if that call
-        raises), then tally per sample: rows, agreement and errors count per request."""
+        raises), then tally per sample: rows, agreement and errors count per request. A sample
+        tallied is logged (when it has a log) with the group's predict time as its latency."""
         groups: dict[Any, list[Sample]] = defaultdict(list)
         for i, sample in enumerate(samples):
             groups[sample.merge_key() or ("alone", i)].append(sample)
         for group in groups.values():
+            began = time.perf_counter()
             results = predict_together(group[0].shadow, [s.decoded for s in group])
+            took_ms = (time.perf_counter() - began) * 1000
             for sample, (staging, error) in zip(group, results, strict=True):
                 if error is not None:
                     self.metrics.shadow_errors.labels(*sample.labels).inc()
-                else:
-                    self._tally(sample, staging)
+                elif self._tally(sample, staging) and sample.log is not None:
+                    sample.log.record(sample.shadow.ref, staging, took_ms)
 
-    def _tally(self, sample: Sample, staging: Any) -> None:
-        """Add one request's comparison to its pair's agreement and metrics."""
+    def _tally(self, sample: Sample, staging: Any) -> bool:
+        """Add one request's comparison to its pair's agreement and metrics; False when the
+        answers cannot be compared (counted as an error)."""
         labels = sample.labels
         pair = labels[1:]
         try:
@@ -194,6 +242,7 @@ class ShadowScorer:
             tally.add(sample.answer, staging)
         except Exception:
             self.metrics.shadow_errors.labels(*labels).inc()
-            return
+            return False
         self.metrics.shadow_rows.labels(*labels).inc(tally.rows - before[0])
         self.metrics.shadow_agreed.labels(*labels).inc(tally.agreed - before[1])
+        return True

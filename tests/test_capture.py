@@ -235,6 +235,91 @@ def test_sampling_and_inputs_are_settings_per_model(
     assert not (root / "predictions").exists()
 
 
+def test_shadow_answers_are_logged_beside_the_production_records_they_shadow(
+    registered: str, holdout: pd.DataFrame, tmp_path: Path
+) -> None:
+    root = tmp_path / "log"
+    with logging_server(root, tmp_path / "spool", shadow={MODEL: 1.0}) as client:
+        aliases = client.get("/models").json()["models"][MODEL]["aliases"]
+        staging = aliases["staging"]["version"]
+        assert staging != aliases["production"]["version"]
+        sent = 0
+        for i in range(6):
+            rows = holdout.iloc[i : i + 1 + i % 3]
+            response = client.post(
+                f"/models/{MODEL}/aliases/production/invocations",
+                json=_body(rows),
+                headers={"X-Request-ID": f"shadowed-{i}"},
+            )
+            assert response.status_code == 200
+            sent += len(rows)
+        pinned = client.post(
+            f"/models/{MODEL}/aliases/staging/invocations",
+            json=_body(holdout.iloc[:1]),
+            headers={"X-Request-ID": "staging-1"},
+        )
+        assert pinned.status_code == 200
+        expected = 2 * sent + 1
+        wait_until(
+            lambda: (root / "predictions").exists() and len(_logged(root)) == expected,
+            timeout_s=20,
+            what="production and shadow rows shipped",
+        )
+
+    logged = _logged(root)
+    shadow = logged[logged["assignment"] == "shadow"].set_index(["request_id", "row"])
+    production = logged[logged["alias"] == "production"].set_index(["request_id", "row"])
+    assert sorted(shadow.index) == sorted(production.index)
+    assert len(shadow) == sent
+    assert set(shadow["alias"]) == {"staging"}
+    assert set(shadow["version"]) == {staging}
+    assert set(shadow["status"]) == {200}
+    assert (shadow["latency_ms"] > 0).all()
+    # the same model behind both aliases: the shadow answered what production answered
+    answers = production.loc[shadow.index]
+    assert shadow["label"].tolist() == answers["label"].tolist()
+    assert shadow["probability"].tolist() == pytest.approx(answers["probability"].tolist())
+    # inputs are stored once, with the production record
+    everything = _all_columns(root).to_pandas()
+    inputs = [c for c in everything.columns if c.startswith("input.")]
+    assert everything.loc[everything["assignment"] == "shadow", inputs].isna().all().all()
+    assert everything.loc[everything["alias"] == "production", inputs].notna().all().all()
+
+
+def test_a_shadow_answer_is_logged_only_with_the_request_it_shadows(
+    registered: str, holdout: pd.DataFrame, tmp_path: Path
+) -> None:
+    root = tmp_path / "log"
+    settings: dict[str, Any] = {"shadow": {MODEL: 1.0}, "prediction_log_sample": {MODEL: 0.5}}
+    with logging_server(root, tmp_path / "spool", **settings) as client:
+        for i in range(40):
+            response = client.post(
+                f"/models/{MODEL}/aliases/production/invocations", json=_body(holdout.iloc[[i]])
+            )
+            assert response.status_code == 200
+        shadowed = f'modelyard_shadow_rows_total{{model="{MODEL}"'
+        wait_until(lambda: _metric_sum(client, shadowed) == 40, what="every request shadowed")
+        wait_until(lambda: _paired(*_pairs(root)), timeout_s=20, what="the shadow records shipped")
+    production, shadow = _pairs(root)
+    assert 0 < len(production) < 40
+    assert shadow == production
+
+
+def _paired(production: set[str], shadow: set[str]) -> bool:
+    return bool(production) and production == shadow
+
+
+def _pairs(root: Path) -> tuple[set[str], set[str]]:
+    """The request ids of the production records and of the shadow records logged."""
+    if not (root / "predictions").exists():
+        return set(), set()
+    logged = _logged(root)
+    kinds = [
+        logged.loc[logged["assignment"] == kind, "request_id"] for kind in ("pinned", "shadow")
+    ]
+    return set(kinds[0]), set(kinds[1])
+
+
 def test_feedback_is_accepted_counted_and_stored_for_the_report(
     registered: str, tmp_path: Path
 ) -> None:
@@ -318,6 +403,15 @@ def _metric(client: TestClient, series: str) -> float:
         if line.startswith(series + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def _metric_sum(client: TestClient, prefix: str) -> float:
+    """The sum of every series whose line starts with `prefix`."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in client.get("/metrics").text.splitlines()
+        if line.startswith(prefix)
+    )
 
 
 def test_a_roll_that_fails_in_any_way_drops_its_rows_counted_and_the_roller_goes_on(

@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from gates import experiment
+from gates import experiment, experiment_reports
 from gates.experiment import Split
 from modelyard.cli import app
 from registry import predictionlog
@@ -155,6 +155,37 @@ def test_errors_and_latency_per_arm() -> None:
         assert arm.error_rate == pytest.approx(0.1, abs=0.03)
         assert arm.labelled == arm.answered_rows  # error rows are neither answered nor judged
         assert arm.latency_ms["p50"] < arm.latency_ms["p95"] < arm.latency_ms["p99"]
+
+
+def test_shadow_records_leave_the_report_unchanged() -> None:
+    """The candidate's shadow answers to the baseline's requests, labelled through those
+    requests, slow and always wrong, change nothing in the report."""
+    table, feedback = simulated(6000, accuracy=(0.75, 0.85))
+    baseline = table.filter(pa.compute.equal(table["alias"], "production"))
+    n = baseline.num_rows
+    wrong = 1 - np.asarray(baseline["label"].to_numpy(zero_copy_only=False))
+    shadow = baseline
+    for name, values in {
+        "alias": pa.array(["staging"] * n),
+        "version": pa.array(["2"] * n),
+        "assignment": pa.array(["shadow"] * n),
+        "salt": pa.nulls(n, pa.string()),
+        "latency_ms": pa.array(np.full(n, 1e4)),
+        "label": pa.array(wrong, pa.int64()),
+    }.items():
+        shadow = shadow.set_column(shadow.schema.get_field_index(name), name, values)
+    plain = _report(analyse(table, feedback))
+    with_shadow = analyse(pa.concat_tables([table, shadow]), feedback)
+    assert with_shadow.decision == "candidate_better"
+    assert _report(with_shadow) == plain
+
+
+def _report(analysis: experiment.Analysis) -> str:
+    report = experiment.Report(
+        "m", CANDIDATE, BASELINE, SPLIT, predictionlog.Window(), "log", analysis, None, None,
+        "2026-12-01T00:00:00+00:00", 0.0,
+    )  # fmt: skip
+    return experiment_reports.render_json(report)
 
 
 # End to end: the command against the session's MLflow server

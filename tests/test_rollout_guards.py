@@ -45,7 +45,8 @@ class Traffic:
     seconds: float = 60.0
     start: datetime = START
     shadowed: float = 0.0
-    """Share of baseline requests also answered by the candidate (same request id and row)."""
+    """Share of baseline requests the candidate shadow-scored (shadow records, same request id
+    and row)."""
     disagree: float = 0.0
     seed: int = 0
 
@@ -89,6 +90,7 @@ def records(traffic: Traffic) -> tuple[pa.Table, pa.Table]:
         shadow_label = np.where(flip, 1 - label[shadow], label[shadow])
         copies = copies.set_column(3, "alias", pa.array(["staging"] * len(copies)))
         copies = copies.set_column(4, "version", pa.array(["2"] * len(copies)))
+        copies = copies.set_column(6, "assignment", pa.array(["shadow"] * len(copies)))
         copies = copies.set_column(12, "label", pa.array(shadow_label, pa.int64()))
         table = pa.concat_tables([table, copies])
     answered = ~failed
@@ -208,12 +210,30 @@ def test_guards_too_few_candidate_requests_is_no_data(tmp_path: Path) -> None:
 
 
 def test_guards_shadowed_rows_that_disagree_breach(tmp_path: Path) -> None:
-    found = judged(Traffic(3000, 0.2, shadowed=0.5, disagree=0.25), tmp_path)
+    found = judged(Traffic(3000, 0.2, shadowed=0.5, disagree=0.3), tmp_path)
     agreement = guard(found, "agreement")
     assert agreement.outcome == "breach"
-    assert 0.7 < agreement.figures["share"] < 0.8  # type: ignore[operator]
+    assert 0.65 < agreement.figures["share"] < 0.75  # type: ignore[operator]
+    assert agreement.figures["rows"] > 1000  # type: ignore[operator]
     alike = judged(Traffic(3000, 0.2, shadowed=0.5), tmp_path / "alike")
     assert guard(alike, "agreement").outcome == "pass"
+    assert guard(alike, "agreement").figures["share"] == 1.0
+
+
+def test_guards_shadow_records_count_for_agreement_only(tmp_path: Path) -> None:
+    """The candidate's shadow answers to baseline requests, however slow and however wrong,
+    change no guard but agreement."""
+    plain = judged(Traffic(3000, 0.2), tmp_path / "plain")
+    table, feedback = records(Traffic(3000, 0.2, shadowed=0.5, disagree=0.5))
+    shadow = np.asarray(table["assignment"].to_numpy(zero_copy_only=False)) == "shadow"
+    assert shadow.sum() > 1000
+    slow = np.where(shadow, 1e4, table["latency_ms"].to_numpy())
+    table = table.set_column(11, "latency_ms", pa.array(slow))
+    shadowed = rollout_guards.evaluate(SHIPPED, table, _typed(feedback), CANDIDATE, BASELINE, START)
+    for name in ("requests", "error_rate", "latency_p99_ratio", "accuracy"):
+        assert guard(shadowed, name) == guard(plain, name), name
+    assert guard(plain, "agreement").outcome == "no_data"
+    assert guard(shadowed, "agreement").outcome == "breach"
 
 
 def test_guards_step_window_and_no_latency_judged_without_a_baseline(tmp_path: Path) -> None:
