@@ -1,6 +1,7 @@
 """The watcher's schedule: how soon an alias move is seen, however slowly the registry reads."""
 
 import asyncio
+import itertools
 import time
 from pathlib import Path
 
@@ -36,6 +37,6 @@ def test_polls_start_one_interval_apart_when_a_registry_read_is_slow(
         task.cancel()
 
     asyncio.run(poll_for(3.0))
-    periods = [b - a for a, b in zip(reads, reads[1:], strict=False)]
+    periods = [b - a for a, b in itertools.pairwise(reads)]
     assert len(periods) >= 5
     assert max(periods) <= interval_s + 0.05, periods

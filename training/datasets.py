@@ -53,4 +53,4 @@ def load_split(name: str, *, split_seed: int = 0, holdout_fraction: float = 0.25
         random_state=split_seed,
         stratify=target if task == "classification" else None,
     )
-    return Split(name, task, x_train, y_train, x_holdout, y_holdout)  # type: ignore[arg-type]
+    return Split(name, task, x_train, y_train, x_holdout, y_holdout)
