@@ -17,9 +17,9 @@ from serving.watcher import Watcher
 def test_polls_start_one_interval_apart_when_a_registry_read_is_slow(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    """A read taking half the interval does not stretch the period: a move made just after a
-    read is seen by the next read, one interval later, not one interval plus one read."""
-    interval_s, read_s = 0.4, 0.2
+    """A read taking most of the interval does not stretch the period: a move made just after
+    a read is seen by the next read, one interval later, not one interval plus one read."""
+    interval_s, read_s = 0.4, 0.3
     settings = ServingSettings(poll_interval_s=interval_s, state_dir=tmp_path)
     watcher = Watcher(settings, SlotTable(), Metrics())
     reads: list[float] = []
@@ -38,5 +38,5 @@ def test_polls_start_one_interval_apart_when_a_registry_read_is_slow(
 
     asyncio.run(poll_for(3.0))
     periods = [b - a for a, b in itertools.pairwise(reads)]
-    assert len(periods) >= 5
-    assert max(periods) <= interval_s + 0.05, periods
+    assert len(periods) >= 3
+    assert max(periods) <= interval_s + 0.15, periods  # unfixed: 0.62 s at least
