@@ -87,7 +87,7 @@ from bench.processes import (
     start_s3,
     start_serving,
 )
-from modelyard.processes import free_port
+from modelyard.processes import StartupError, ensure_free, free_port
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -1166,11 +1166,10 @@ def weed_ports(count: int) -> list[int]:
 
 
 def port_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
+    try:
+        ensure_free("127.0.0.1", port, "the report's SeaweedFS")
+    except StartupError:
+        return False
     return True
 
 
