@@ -11,9 +11,10 @@ trains the demo classifier `cancer-classifier` (@production) and runs `modelyard
 processes (core 0) whose prediction log goes to that S3 (`s3://<bucket>/<part>`), measuring:
 
 1. overhead: wrk (core 1), 1-row body, 32 connections, on the pinned path of two processes
-   alike but for MODELYARD_PREDICTION_LOG (on: the run's S3; off: unset), interleaved with
-   the order alternating, the idle process paused (SIGSTOP): req/s at least 0.95x and p99 at
-   most 1.1x of logging off (medians);
+   alike but for MODELYARD_PREDICTION_LOG (on: SeaweedFS, started as `modelyard up` starts
+   it, on core 1: moto's server there costs the load generator milliseconds of Python per
+   upload; off: unset), interleaved with the order alternating, the idle process paused
+   (SIGSTOP): req/s at least 0.95x and p99 at most 1.1x of logging off (medians);
 2. sigterm: 20,000 requests answered 200 (closed loop, 8 client threads on core 1, bodies of
    1, 2 and 3 rows, each request with an X-Request-ID of its own); at half of them the
    process gets SIGTERM and a new one starts on the same spool; requests go to it once it is
@@ -198,6 +199,14 @@ class Stack:
     stop: ExitStack
     flush_s: float
     client: Any = None
+    seaweedfs: dict[str, str] | None = None
+    """What reaches the run's SeaweedFS (`weed()`), once started."""
+
+    def weed(self) -> dict[str, str]:
+        """SeaweedFS, started on first use on core 1 as `modelyard up` starts it; its S3 env."""
+        if self.seaweedfs is None:
+            self.seaweedfs = start_seaweedfs(self)
+        return self.seaweedfs
 
     def s3_env(self, endpoint: str | None = None) -> dict[str, str]:
         """What reaches the run's S3 (or `endpoint` in front of it), as the log reads it."""
@@ -210,14 +219,21 @@ class Stack:
         return predictionlog.open_root(log_uri(part), self.s3_env(endpoint))
 
     def serve(
-        self, name: str, part: str | None, spool: Path | None = None, endpoint: str | None = None
+        self,
+        name: str,
+        part: str | None,
+        spool: Path | None = None,
+        endpoint: str | None = None,
+        *,
+        on_seaweedfs: bool = False,
     ) -> Process:
         """`modelyard serve` of the demo classifier on core 0, logging to `part`'s root
-        (None: no log), stopped with the stack."""
+        (None: no log) on the run's S3 (or its SeaweedFS), stopped with the stack."""
         settings = {"MODELYARD_MODELS": MODEL, "MODELYARD_ALIASES": ALIAS}
         if part is not None:
-            settings |= self.s3_env(endpoint) | {
-                "MODELYARD_PREDICTION_LOG": log_uri(part),
+            store = self.weed() if on_seaweedfs else self.s3_env(endpoint)
+            settings |= store | {
+                "MODELYARD_PREDICTION_LOG": weed_log_uri(part) if on_seaweedfs else log_uri(part),
                 "MODELYARD_PREDICTION_LOG_FLUSH_S": f"{self.flush_s:g}",
                 "MODELYARD_PREDICTION_LOG_SPOOL": str(spool or self.workdir / f"spool-{part}"),
             }
@@ -228,6 +244,11 @@ class Stack:
 
 def log_uri(part: str) -> str:
     return f"s3://{BUCKET}/log-{part}"
+
+
+def weed_log_uri(part: str) -> str:
+    """A part's log on SeaweedFS: in its artifact bucket, as `modelyard up` has it."""
+    return f"s3://mlflow/log-{part}"
 
 
 def start_stack(workdir: Path, stop: ExitStack, flush_s: float) -> Stack:
@@ -479,7 +500,10 @@ ON, OFF = "logging on", "logging off"
 def overhead(run: Run, stack: Stack) -> None:
     """wrk on two processes alike but for the prediction log, interleaved, the idle paused."""
     cfg = run.config
-    processes = {ON: stack.serve("overhead-on", "overhead"), OFF: stack.serve("overhead-off", None)}
+    processes = {
+        ON: stack.serve("overhead-on", "overhead", on_seaweedfs=True),
+        OFF: stack.serve("overhead-off", None),
+    }
     for process in processes.values():
         process.wait_ready("/health/ready", timeout_s=240)
     script = load.post_script(bodies((1,))[0], stack.workdir / "experiment-one-row.lua")
@@ -533,7 +557,8 @@ def overhead(run: Run, stack: Stack) -> None:
         "duration_s": cfg.duration_s,
         "repeats": cfg.repeats,
         "order": "alternating per repetition; the idle process paused (SIGSTOP)",
-        "log": log_uri("overhead"),
+        "log": weed_log_uri("overhead"),
+        "store": "SeaweedFS (the embedded stack's object store), on core 1",
         "runs": runs,
         "log_metrics": log_metrics(processes[ON]),
     }
@@ -1134,8 +1159,9 @@ def others_share(before: CoreTimes, after: CoreTimes, elapsed_s: float) -> float
 
 
 def start_seaweedfs(stack: Stack) -> dict[str, str]:
-    """SeaweedFS as `modelyard up` runs it (its state under the work directory), stopped with
-    the stack; what an S3 client of it needs."""
+    """SeaweedFS as `modelyard up` runs it (its state under the work directory), on core 1
+    (started from this thread pinned there: its processes inherit that), stopped with the
+    stack; what an S3 client of it needs."""
     from modelyard.settings import StackSettings
     from modelyard.stack import Stack as EmbeddedStack
 
@@ -1149,7 +1175,12 @@ def start_seaweedfs(stack: Stack) -> dict[str, str]:
     )
     settings.home.mkdir()
     embedded = EmbeddedStack(settings, say=lambda line: log.info("  %s", line.strip()))
-    embedded.start_object_store()
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {int(LOAD_CORE)})
+    try:
+        embedded.start_object_store()
+    finally:
+        os.sched_setaffinity(0, cores)
     stack.stop.callback(embedded.stop)
     return embedded.s3_env()
 
@@ -1181,7 +1212,7 @@ def report(run: Run, stack: Stack) -> None:
     cfg = run.config
     with redirect_stdout(io.StringIO()):  # MLflow prints a link per run it ends
         versions = register_report_model(stack.client)
-    store_env = start_seaweedfs(stack)
+    store_env = stack.weed()
     root = predictionlog.open_root(REPORT_LOG, store_env)
     log.info("  writing %d rows to %s on SeaweedFS", cfg.report_rows, REPORT_LOG)
     written = write_log(root, cfg, versions)

@@ -165,15 +165,66 @@ def write_predictions(root: LogRoot, model: str, table: pa.Table, name: str) -> 
     """Write records (PREDICTION_SCHEMA, then any `input.*` columns) as one file per hour they
     span, each named `<name>.parquet` (`<replica>-<seq>`); return the paths written."""
     _check_name(name)
-    table = _conform(table, PREDICTION_SCHEMA, extra_prefix=INPUT_PREFIX)
-    hours = pc.floor_temporal(table["ts"], unit="hour")
     written = []
-    for hour in pc.unique(hours).to_pylist():
-        part = table.filter(pc.equal(hours, pa.scalar(hour, hours.type)))
+    for hour, part in hours_of(table):
         path = prediction_path(root, model, hour, name)
         _write_atomically(root, part, path)
         written.append(path)
     return written
+
+
+def hours_of(table: pa.Table) -> list[tuple[datetime, pa.Table]]:
+    """Records conformed to the log's schema, split by the hour (UTC) of their `ts`."""
+    table = _conform(table, PREDICTION_SCHEMA, extra_prefix=INPUT_PREFIX)
+    if not table.num_rows:
+        return []
+    hours = pc.floor_temporal(table["ts"], unit="hour")
+    first, last = pc.min_max(hours).values()
+    if first == last:
+        return [(first.as_py(), table)]
+    return [
+        (hour, table.filter(pc.equal(hours, pa.scalar(hour, hours.type))))
+        for hour in pc.unique(hours).to_pylist()
+    ]
+
+
+def ship_predictions(root: LogRoot, model: str, source: Path, name: str) -> list[str]:
+    """Copy a local predictions file into the log as `<name>.parquet`: its bytes as they are
+    when it holds conformed records of one hour (as the prediction log's spool does), else
+    its records rewritten by `write_predictions`. Return the paths written."""
+    _check_name(name)
+    hour = _single_hour(source)
+    if hour is None:
+        return write_predictions(root, model, pq.read_table(source), name)
+    path = prediction_path(root, model, hour, name)
+    _put_atomically(root, source.read_bytes(), path)
+    return [path]
+
+
+def _single_hour(source: Path) -> datetime | None:
+    """The hour of a file's records when they are conformed and of one hour, from its footer."""
+    metadata = pq.read_metadata(source)
+    schema = metadata.schema.to_arrow_schema()
+    conformed = schema.names[: len(PREDICTION_SCHEMA)] == PREDICTION_SCHEMA.names and all(
+        schema.field(f.name).type == f.type for f in PREDICTION_SCHEMA
+    )
+    others = schema.names[len(PREDICTION_SCHEMA) :]
+    if not conformed or not all(n.startswith(INPUT_PREFIX) for n in others):
+        return None
+    ts = PREDICTION_SCHEMA.get_field_index("ts")
+    bounds = []
+    for group in range(metadata.num_row_groups):
+        stats = metadata.row_group(group).column(ts).statistics
+        if stats is None or not stats.has_min_max:
+            return None
+        bounds += [stats.min, stats.max]
+    hours = {
+        (t if t.tzinfo else t.replace(tzinfo=UTC))
+        .astimezone(UTC)
+        .replace(minute=0, second=0, microsecond=0)
+        for t in bounds
+    }
+    return hours.pop() if len(hours) == 1 else None
 
 
 def write_feedback(root: LogRoot, model: str, table: pa.Table, name: str | None = None) -> str:
@@ -207,25 +258,44 @@ def _conform(table: pa.Table, schema: pa.Schema, extra_prefix: str | None = None
     if missing or extra:
         raise PredictionLogError(f"records: missing columns {missing}, unexpected {extra}")
     try:
-        columns = [table[f.name].cast(f.type) for f in schema]
+        columns = [
+            column if (column := table[f.name]).type == f.type else column.cast(f.type)
+            for f in schema
+        ]
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise PredictionLogError(f"records do not fit the log's schema: {exc}") from exc
     others = [n for n in table.column_names if n not in schema.names]
     return pa.table(columns + [table[n] for n in others], names=[*schema.names, *others])
 
 
+def write_file(table: pa.Table, where: str | Path | pa.NativeFile) -> None:
+    """Records as the log's Parquet files hold them: dictionary-encoded strings only (model
+    inputs and outputs seldom repeat, and trying a dictionary on them doubles the write)."""
+    strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
+    pq.write_table(table, where, use_dictionary=strings)
+
+
 def _write_atomically(root: LogRoot, table: pa.Table, path: str) -> None:
+    """Write `table` at `path`, seen whole or not at all."""
+    sink = pa.BufferOutputStream()
+    write_file(table, sink)
+    _put_atomically(root, sink.getvalue(), path)
+
+
+def _put_atomically(root: LogRoot, data: bytes | pa.Buffer, path: str) -> None:
     """Readers see the whole file or none: local files are renamed into place; an S3 put is
-    atomic already."""
+    atomic already (and needs no directories)."""
     directory, file_name = path.rsplit("/", 1)
     try:
-        root.filesystem.create_dir(directory, recursive=True)
         if isinstance(root.filesystem, pafs.LocalFileSystem):
+            root.filesystem.create_dir(directory, recursive=True)
             hidden = f"{directory}/.{file_name}"
-            pq.write_table(table, hidden, filesystem=root.filesystem)
+            with root.filesystem.open_output_stream(hidden) as out:
+                out.write(data)
             root.filesystem.move(hidden, path)
         else:
-            pq.write_table(table, path, filesystem=root.filesystem)
+            with root.filesystem.open_output_stream(path) as out:
+                out.write(data)
     except OSError as exc:
         raise PredictionLogError(f"cannot write {path} under {root.location}: {exc}") from exc
 

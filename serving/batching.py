@@ -33,7 +33,7 @@ from prometheus_client import Histogram
 
 from serving import protocol
 from serving.inputs import concatenated
-from serving.model import BatchProfile, LoadedModel, answer_rows
+from serving.model import BatchProfile, LoadedModel, Predicted, answer_rows
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ with its rows (a Python loop per row) stays near 1x and gains nothing from batch
 RECENT_BATCHES = 100
 """/models shows the mean size of this many latest batches."""
 
-Result = tuple[Any, BaseException | None]
+Result = tuple[Predicted | None, BaseException | None]
 """One request's predictions, or what the model raised on it."""
 
 
@@ -81,13 +81,14 @@ def predict_together(loaded: LoadedModel, requests: Sequence[protocol.Decoded]) 
     if len(requests) > 1:
         batches = [r.batch for r in requests if r.batch is not None]
         try:
-            answer = loaded.predict(protocol.Decoded(batch=concatenated(batches)))
-            total = sum(b.rows for b in batches)
-            if answer_rows(answer) == total:
+            merged = concatenated(batches)
+            answer = loaded.predict(protocol.Decoded(batch=merged))
+            if answer_rows(answer) == merged.rows:
                 results: list[Result] = []
                 start = 0
                 for batch in batches:
-                    results.append((rows_between(answer, start, start + batch.rows), None))
+                    rows = rows_between(answer, start, start + batch.rows)
+                    results.append((Predicted(rows, answer, merged, start), None))
                     start += batch.rows
                 return results
         except Exception:  # each request is re-run alone below, to find the culprit
@@ -104,7 +105,7 @@ def rows_between(answer: Any, start: int, stop: int) -> Any:
 
 def _alone(loaded: LoadedModel, request: protocol.Decoded) -> Result:
     try:
-        return loaded.predict(request), None
+        return Predicted.alone(loaded.predict(request), request.batch), None
     except Exception as exc:
         return None, exc
 

@@ -1,13 +1,14 @@
 """The prediction log's writer: every served row recorded, off the request path.
 
 The request path only appends a reference to what it answered to a bounded queue (`record`).
-A roller thread turns the queue into one Parquet file per model every flush interval, in a
-local spool directory; a shipper thread moves spooled files to the log root under their final
-names (`<replica>-<seq>`), so a file shipped twice (a kill between upload and delete) is the
-same file written again. Labels posted to the feedback route are spooled and shipped the same
-way.
+A roller thread turns the queue into Arrow records every 0.25 s (short bursts of work beside
+the event loop, whose GIL it shares) and writes them as one Parquet file per model every flush
+interval, in a local spool directory; a shipper thread moves spooled files to the log root
+under their final names (`<replica>-<seq>`), so a file shipped twice (a kill between upload and
+delete) is the same file written again. Labels posted to the feedback route are spooled and
+shipped the same way.
 
-What can be lost: on SIGKILL, the rows still queued (those of the last flush interval, and of
+What can be lost: on SIGKILL, the rows still in memory (those of the last flush interval, and of
 the spool write under way, if any); on SIGTERM, nothing (the queue is rolled into the spool,
 which the next process on it ships). While the store is down the spool grows up to its cap;
 past it, rows are dropped and counted. Requests are never slowed or failed by the log.
@@ -53,6 +54,7 @@ from registry.predictionlog import (
 )
 from serving.inputs import Batch
 from serving.metrics import Metrics
+from serving.model import Predicted, answer_rows
 from serving.settings import ServingSettings
 
 logger = logging.getLogger(__name__)
@@ -63,6 +65,8 @@ ADOPT_EVERY_S = 60.0
 """How often the shipper looks for spools of replicas that died."""
 MAX_BACKOFF_S = 30.0
 """Longest wait between shipping attempts while the store fails."""
+CONVERT_S = 0.25
+"""How often queued answers become Arrow records (the spool is written every flush interval)."""
 _LOCK = ".lock"
 
 
@@ -85,10 +89,10 @@ class Served:
     latency_ms: float
     rows: int
     """Records it becomes: its rows when answered, 1 for an error."""
-    outputs: Any = None
-    """The model's answer (None for an error)."""
-    inputs: Batch | None = None
-    """The validated input, when the model's inputs are stored."""
+    outputs: Predicted | None = None
+    """The answer, with the predict call it came from (None for an error)."""
+    with_inputs: bool = False
+    """Whether the records carry the request's input."""
 
 
 class PredictionCapture:
@@ -121,7 +125,9 @@ class PredictionCapture:
         if self._lock_file is None:
             raise PredictionLogError(f"spool {self._spool} is held by another process")
         self._queue: list[tuple[str, Served]] = []
+        self._converted: defaultdict[str, list[pa.Table]] = defaultdict(list)
         self._queued = 0
+        """Rows held in memory: queued, or converted and not yet written."""
         self._guard = threading.Lock()
         self._last_seq = 0
         for partial in self._spool.glob("*/*/.*.parquet"):
@@ -188,34 +194,62 @@ class PredictionCapture:
         self._lock_file.close()
 
     def _roll_loop(self) -> None:
-        """Roll on a fixed schedule (a slow roll does not stretch the next interval)."""
-        deadline = time.monotonic()
-        while True:
-            deadline = max(deadline + self.flush_s, time.monotonic())
-            if self._stopping.wait(deadline - time.monotonic()):
-                break
-            self._roll()
-        self._roll()
+        """Turn the queue into Arrow tables every CONVERT_S, so that the work beside the event
+        loop comes in bursts of a few milliseconds; write them to the spool every flush
+        interval, on a fixed schedule (a slow write does not stretch the next interval)."""
+        deadline = time.monotonic() + self.flush_s
+        while not self._stopping.wait(min(CONVERT_S, max(0.0, deadline - time.monotonic()))):
+            self._convert()
+            if time.monotonic() >= deadline:
+                self._write_converted()
+                deadline = max(deadline + self.flush_s, time.monotonic())
+        self._convert()
+        self._write_converted()
 
-    def _roll(self) -> None:
-        """Write what is queued, one spool file per model."""
+    def _convert(self) -> None:
+        """Records of what is queued, one table per model, held until the next write."""
         with self._guard:
-            taken, self._queue, self._queued = self._queue, [], 0
+            taken, self._queue = self._queue, []
         by_model: dict[str, list[Served]] = defaultdict(list)
         for model, served in taken:
             by_model[model].append(served)
         for model, items in by_model.items():
-            rows = sum(s.rows for s in items)
+            try:
+                table = records(items)
+            except Exception:  # any failure drops these rows, never the roller thread
+                rows = sum(s.rows for s in items)
+                logger.exception("prediction log: %d rows of %s not spooled", rows, model)
+                self._dropped(model, "spool_failed", rows)
+            else:
+                self._converted[model].append(table)
+
+    def _write_converted(self) -> None:
+        """One spool file per model of the tables converted since the last write."""
+        converted, self._converted = self._converted, defaultdict(list)
+        for model, tables in converted.items():
+            rows = sum(t.num_rows for t in tables)
             if self._spool_bytes >= self.spool_max_bytes:
-                self.metrics.log_dropped.labels(model, "spool_full").inc(rows)
+                self._dropped(model, "spool_full", rows)
                 continue
             try:
-                self._spool_file(PREDICTIONS, model, records(items))
-            except Exception:  # any failure drops these rows, never the roller thread
+                table = pa.concat_tables(tables, promote_options="permissive")
+                for _, part in predictionlog.hours_of(table):  # each shipped as it is
+                    self._spool_file(PREDICTIONS, model, part)
+            except Exception:
                 logger.exception("prediction log: %d rows of %s not spooled", rows, model)
-                self.metrics.log_dropped.labels(model, "spool_failed").inc(rows)
+                self._dropped(model, "spool_failed", rows)
             else:
+                self._release(rows)
                 self.metrics.log_rows.labels(model).inc(rows)
+
+    def _dropped(self, model: str, reason: str, rows: int) -> None:
+        self._release(rows)
+        self.metrics.log_dropped.labels(model, reason).inc(rows)
+
+    def _release(self, rows: int) -> None:
+        """Rows no longer held in memory: written or dropped."""
+        with self._guard:
+            self._queued -= rows
 
     def _spool_file(self, kind: str, model: str, table: pa.Table) -> None:
         directory = self._spool / kind / quote(model, safe="")
@@ -225,7 +259,7 @@ class PredictionCapture:
             seq = self._last_seq
         path = directory / f"{seq:017d}.parquet"
         hidden = directory / f".{path.name}"
-        pq.write_table(table, hidden)
+        predictionlog.write_file(table, hidden)
         hidden.rename(path)
         self._grew(path.stat().st_size)
 
@@ -259,12 +293,12 @@ class PredictionCapture:
             kind, model = path.parent.parent.name, unquote(path.parent.name)
             size = path.stat().st_size
             try:
-                table = pq.read_table(path)
                 name = f"{replica}-{path.stem}"
                 if kind == PREDICTIONS:
-                    predictionlog.write_predictions(self.root, model, table, name)
+                    rows = pq.read_metadata(path).num_rows
+                    predictionlog.ship_predictions(self.root, model, path, name)
                 else:
-                    predictionlog.write_feedback(self.root, model, table, name)
+                    predictionlog.write_feedback(self.root, model, pq.read_table(path), name)
             except PredictionLogError as exc:
                 self.metrics.log_ship_failures.inc()
                 logger.warning("prediction log: shipping paused: %s", exc)
@@ -279,7 +313,7 @@ class PredictionCapture:
             if own:
                 self._grew(-size)
             if kind == PREDICTIONS:
-                self.metrics.log_shipped.labels(model).inc(table.num_rows)
+                self.metrics.log_shipped.labels(model).inc(rows)
         return True
 
     def _adopt_orphans(self) -> None:
@@ -326,11 +360,17 @@ def records(items: list[Served]) -> pa.Table:
     row, one per error."""
     groups: dict[Any, list[Served]] = defaultdict(list)
     for served in items:
-        groups[served.inputs.layout if served.inputs is not None else None].append(served)
+        batch = _inputs_of(served)
+        groups[batch.layout if batch is not None else None].append(served)
     tables = [_records_of(group) for group in groups.values()]
     if len(tables) == 1:
         return tables[0]
     return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _inputs_of(served: Served) -> Batch | None:
+    """The validated input of the predict call that answered `served`, if stored."""
+    return served.outputs.batch if served.with_inputs and served.outputs is not None else None
 
 
 def _records_of(items: list[Served]) -> pa.Table:
@@ -338,6 +378,7 @@ def _records_of(items: list[Served]) -> pa.Table:
     counts = np.fromiter((s.rows for s in items), np.int64, len(items))
     total = int(counts.sum())
     starts = np.cumsum(counts) - counts
+    within = np.arange(total) - np.repeat(starts, counts)  # each record's row in its request
 
     def each(values: list[Any], kind: pa.DataType) -> pa.Array:
         return pa.array(np.repeat(np.array(values, dtype=object), counts), kind)
@@ -350,7 +391,7 @@ def _records_of(items: list[Served]) -> pa.Table:
     ts = np.repeat(np.fromiter((s.ts_us for s in items), np.int64, len(items)), counts)
     columns: dict[str, pa.Array] = {
         "request_id": each([s.request_id for s in items], pa.string()),
-        "row": pa.array(np.arange(total) - np.repeat(starts, counts), pa.int32()),
+        "row": pa.array(within, pa.int32()),
         "ts": pa.array(ts, pa.int64()).view(pa.timestamp("us", tz="UTC")),
         "alias": each([s.alias for s in items], pa.string()),
         "version": each([s.version for s in items], pa.string()),
@@ -362,52 +403,87 @@ def _records_of(items: list[Served]) -> pa.Table:
         "status": pa.array(np.repeat([s.status for s in items], counts), pa.int16()),
         "latency_ms": pa.array(np.repeat([s.latency_ms for s in items], counts), pa.float64()),
     }
-    columns |= _outputs(items, counts)
-    batch = items[0].inputs
-    if batch is not None:
-        columns |= {f"{INPUT_PREFIX}{name}": column for name, column in _inputs(items, batch)}
+    calls = _Calls(items)
+    rows, missing = calls.rows(counts, within, outputs=True)
+    answered = pa.array(rows, pa.int64(), mask=missing)
+    for name in OUTPUTS:
+        columns[name] = calls.output(name).take(answered)
+    if calls.batches:
+        rows, _ = calls.rows(counts, within, outputs=False)
+        for name, values in calls.inputs(rows):
+            columns[f"{INPUT_PREFIX}{name}"] = pa.array(values)
     return pa.table(columns)
 
 
-def _outputs(items: list[Served], counts: np.ndarray) -> dict[str, pa.Array]:
-    """The contract's output columns of the answers, null where a request has none."""
-    kinds = {name: PREDICTION_SCHEMA.field(name).type for name in OUTPUTS}
-    frames = [s.outputs for s in items]
-    if all(isinstance(s.outputs, pd.DataFrame) and len(s.outputs) == s.rows for s in items):
-        joined = pd.concat(frames, ignore_index=True, copy=False)  # one column access, not N
-        return {
-            name: _array(joined[name].to_numpy(), kind, None)
-            if name in joined.columns
-            else pa.nulls(len(joined), kind)
-            for name, kind in kinds.items()
-        }
-    answers = [_answer_columns(s) for s in items]
-    return {
-        name: _concatenated([a.get(name) for a in answers], counts, kind)
-        for name, kind in kinds.items()
-    }
+class _Calls:
+    """The distinct predict calls that answered some requests, each read once: their answers'
+    output columns and their inputs, joined call after call; a request's records are rows of
+    them (`index`)."""
+
+    def __init__(self, items: list[Served]) -> None:
+        self.answers: list[dict[str, np.ndarray]] = []
+        self.sizes: list[int] = []
+        """Rows of each call's answer."""
+        self.batches: list[Batch] = []
+        """Each call's input, when the requests' inputs are stored (for all calls or none)."""
+        seen: dict[int, int] = {}
+        self._call = np.full(len(items), -1, np.int64)
+        self._start = np.zeros(len(items), np.int64)
+        self._answered = np.zeros(len(items), bool)
+        for i, served in enumerate(items):
+            predicted = served.outputs
+            if predicted is None:
+                continue
+            if (call := seen.get(id(predicted.whole))) is None:
+                call = seen[id(predicted.whole)] = len(self.sizes)
+                self.answers.append(_answer_columns(predicted.whole))
+                self.sizes.append(answer_rows(predicted.whole) or 0)
+                if (batch := _inputs_of(served)) is not None:
+                    self.batches.append(batch)
+            self._call[i], self._start[i] = call, predicted.start
+            self._answered[i] = answer_rows(predicted.predictions) == served.rows
+
+    def rows(
+        self, counts: np.ndarray, within: np.ndarray, *, outputs: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each record's row in the joined calls' outputs (or inputs), and where it has none
+        (an error; outputs: an answer without one row per row asked)."""
+        sizes = self.sizes if outputs else [batch.rows for batch in self.batches]
+        missing = self._call < 0
+        if outputs:
+            missing |= ~self._answered
+        first = np.where(missing, 0, self._start)
+        if sizes:
+            offsets = np.cumsum([0, *sizes[:-1]], dtype=np.int64)
+            first += offsets[np.maximum(self._call, 0)]
+        return np.repeat(first, counts) + within, np.repeat(missing, counts)
+
+    def output(self, name: str) -> pa.Array:
+        """Output `name` of every call joined, null where a call's answer lacks it."""
+        kind = PREDICTION_SCHEMA.field(name).type
+        parts = [answer.get(name) for answer in self.answers]
+        return _concatenated(parts, np.array(self.sizes, np.int64), kind)
+
+    def inputs(self, rows: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
+        """Rows `rows` of the calls' inputs joined, column by column."""
+        first = self.batches[0]
+        if first.matrix is not None:
+            joined = np.vstack([b.matrix for b in self.batches if b.matrix is not None])
+            by_column = np.ascontiguousarray(joined[rows].T)
+            yield from zip(first.names, by_column, strict=True)
+            return
+        for position, name in enumerate(first.names):
+            yield name, np.concatenate([b.arrays[position] for b in self.batches])[rows]
 
 
-def _answer_columns(served: Served) -> dict[str, np.ndarray]:
-    """The contract's output columns of one answer, each of one value per row."""
-    answer = served.outputs
-    if isinstance(answer, pd.DataFrame) and len(answer) == served.rows:
-        return {name: answer[name].to_numpy() for name in OUTPUTS if name in answer.columns}
-    if isinstance(answer, np.ndarray) and answer.ndim == 1 and len(answer) == served.rows:
+def _answer_columns(answer: Any) -> dict[str, np.ndarray]:
+    """The contract's output columns of a predict's answer, each of one value per row."""
+    if isinstance(answer, pd.DataFrame):  # one conversion: a column at a time costs 3x
+        columns = zip(answer.columns, answer.to_numpy(dtype=object).T, strict=True)
+        return {name: values for name, values in columns if name in OUTPUTS}
+    if isinstance(answer, np.ndarray) and answer.ndim == 1:
         return {"prediction": answer}
     return {}
-
-
-def _inputs(items: list[Served], first: Batch) -> Iterator[tuple[str, pa.Array]]:
-    """The inputs of requests sharing `first`'s layout, column by column."""
-    batches = [s.inputs for s in items if s.inputs is not None]
-    if first.matrix is not None:
-        matrix = np.vstack([b.matrix for b in batches if b.matrix is not None])
-        for position, name in enumerate(first.names):
-            yield name, pa.array(matrix[:, position])
-        return
-    for position, name in enumerate(first.names):
-        yield name, pa.array(np.concatenate([b.arrays[position] for b in batches]))
 
 
 def _concatenated(

@@ -252,6 +252,23 @@ def _plain_labels(answer: Any) -> Any:
     return answer
 
 
+@dataclass(frozen=True, slots=True)
+class Predicted:
+    """One request's predictions, and the predict call they came from: its whole answer and
+    input, of which the request is the rows from `start` on (all of them when it was predicted
+    alone). The prediction log reads each call's columns once, not a request at a time."""
+
+    predictions: Any
+    whole: Any
+    batch: Batch | None
+    """The call's validated input (None for a model without a signature)."""
+    start: int = 0
+
+    @classmethod
+    def alone(cls, predictions: Any, batch: Batch | None) -> "Predicted":
+        return cls(predictions, predictions, batch)
+
+
 def answer_rows(answer: Any) -> int | None:
     """Rows in a predict's answer (DataFrame, Series, list, array); None when it has none."""
     if isinstance(answer, (pd.DataFrame, pd.Series, list)):

@@ -32,7 +32,7 @@ from serving.inputs import Batch
 from serving.limits import DecodeLimits
 from serving.logs import TracebackLimiter
 from serving.metrics import Metrics
-from serving.model import LoadedModel, answer_rows
+from serving.model import LoadedModel, Predicted, answer_rows
 from serving.settings import ServingSettings
 from serving.shadow import ShadowLog, ShadowScorer
 from serving.slots import ServedModel, SlotTable
@@ -237,7 +237,7 @@ class Service:
         codec = codec or self.scoring
         served: ServedModel | None = None
         batch: Batch | None = None
-        predictions: Any = None
+        predicted: Predicted | None = None
         logged = False
         try:
             name = name or self.default_model()
@@ -265,12 +265,11 @@ class Service:
                 self.metrics.extra_columns.labels(name).inc()
             if batch is not None and batch.rows == 0:
                 answer = codec.encode([], loaded.ref)
-                predictions = None
             else:
-                predictions = await self._predict(loaded, alias, decoded)
-                answer = codec.encode(predictions, loaded.ref)
+                predicted = await self._predict(loaded, alias, decoded)
+                answer = codec.encode(predicted.predictions, loaded.ref)
                 if alias == served.required_alias and self._shadow_sampled(name):
-                    self._shadow(served, loaded, decoded, predictions, request_id, logged=logged)
+                    self._shadow(served, loaded, decoded, predicted, request_id, logged=logged)
         except ServingError as failure:
             error = failure
         outcome = Outcome(
@@ -287,7 +286,7 @@ class Service:
         )
         self._record(outcome, name, alias, key)
         if logged and served is not None and outcome.ref is not None:
-            self._capture(served, outcome, routing_key, pinned, batch, predictions)
+            self._capture(served, outcome, routing_key, pinned, batch, predicted)
         return outcome
 
     async def store_feedback(self, name: str, body: bytes) -> int:
@@ -356,7 +355,7 @@ class Service:
         routing_key: str | None,
         pinned: bool,
         batch: Batch | None,
-        predictions: Any,
+        predicted: Predicted | None,
     ) -> None:
         """Queue the request, sampled for the prediction log, unless it answered no rows."""
         capture, ref = self.capture, outcome.ref
@@ -364,12 +363,13 @@ class Service:
         assert ref is not None
         assert outcome.alias is not None
         name = ref.name
-        if outcome.error is None:
-            rows = _rows(batch, predictions)
-            if not rows:
-                return
+        rows = 1
+        if outcome.error is not None:
+            predicted = None
+        elif predicted is None or not (answered := _rows(batch, predicted.predictions)):
+            return
         else:
-            rows, predictions, batch = 1, None, None
+            rows = answered
         if pinned:
             assignment, salt = "pinned", None
         else:
@@ -390,8 +390,8 @@ class Service:
                 status=outcome.status,
                 latency_ms=outcome.latency_s * 1000,
                 rows=rows,
-                outputs=predictions,
-                inputs=batch if capture.stores_inputs(name) else None,
+                outputs=predicted,
+                with_inputs=capture.stores_inputs(name),
             ),
         )
 
@@ -404,7 +404,7 @@ class Service:
         served: ServedModel,
         primary: LoadedModel,
         decoded: protocol.Decoded,
-        answer: Any,
+        predicted: Predicted,
         request_id: str,
         *,
         logged: bool,
@@ -416,12 +416,12 @@ class Service:
         shadow = slot.current if slot is not None else None
         if shadow is None or shadow is primary:
             return
-        rows = _rows(decoded.batch, answer)
+        rows = _rows(decoded.batch, predicted.predictions)
         log = None
         if logged and capture is not None and rows:
             rate = capture.sample_rate(primary.ref.name)
             log = ShadowLog(capture, alias, request_id, rows, rate)
-        self.shadow.offer(served, primary, shadow, decoded, answer, log)
+        self.shadow.offer(served, primary, shadow, decoded, predicted.predictions, log)
 
     async def _decode(
         self, codec: protocol.Codec, body: bytes, content_type: str | None, loaded: LoadedModel
@@ -433,7 +433,9 @@ class Service:
             )
         return codec.decode(body, content_type, loaded.spec, loaded.schema)
 
-    async def _predict(self, loaded: LoadedModel, alias: str, decoded: protocol.Decoded) -> Any:
+    async def _predict(
+        self, loaded: LoadedModel, alias: str, decoded: protocol.Decoded
+    ) -> Predicted:
         gauge = self.metrics.in_flight_of(loaded.ref.name)
         gauge.inc()
         try:
@@ -441,8 +443,10 @@ class Service:
             if batcher.takes(loaded, decoded):
                 return await self._predict_batched(loaded, batcher, decoded)
             if loaded.runs_inline(decoded):
-                return self._predict_inline(loaded, decoded)
-            return await self._predict_in_thread(loaded, decoded)
+                predictions = self._predict_inline(loaded, decoded)
+            else:
+                predictions = await self._predict_in_thread(loaded, decoded)
+            return Predicted.alone(predictions, decoded.batch)
         except ServingError:
             raise
         except Exception as exc:
@@ -481,7 +485,7 @@ class Service:
 
     async def _predict_batched(
         self, loaded: LoadedModel, batcher: Batcher, decoded: protocol.Decoded
-    ) -> Any:
+    ) -> Predicted:
         """Merged with concurrent requests, within the deadline (time queued counts); a batch
         all of whose members timed out is abandoned like a single call."""
         waiting = batcher.submit(loaded, decoded)

@@ -29,7 +29,7 @@ from registry.refs import ModelRef
 from serving.batching import predict_together
 from serving.capture import PredictionCapture, Served
 from serving.metrics import Metrics
-from serving.model import rows_of
+from serving.model import Predicted, rows_of
 from serving.protocol import Decoded
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ class ShadowLog:
     """The production record's rows."""
     sample_rate: float
 
-    def record(self, shadow: ModelRef, answer: Any, latency_ms: float) -> None:
+    def record(self, shadow: ModelRef, predicted: Predicted, latency_ms: float) -> None:
         """Queue the shadow's answer: one `shadow` record per row, without inputs (the
         production record holds them)."""
         self.capture.record(
@@ -113,7 +113,7 @@ class ShadowLog:
                 status=200,
                 latency_ms=latency_ms,
                 rows=self.rows,
-                outputs=answer,
+                outputs=predicted,
             ),
         )
 
@@ -225,10 +225,10 @@ class ShadowScorer:
             began = time.perf_counter()
             results = predict_together(group[0].shadow, [s.decoded for s in group])
             took_ms = (time.perf_counter() - began) * 1000
-            for sample, (staging, error) in zip(group, results, strict=True):
-                if error is not None:
+            for sample, (staging, _) in zip(group, results, strict=True):
+                if staging is None:  # its predict raised
                     self.metrics.shadow_errors.labels(*sample.labels).inc()
-                elif self._tally(sample, staging) and sample.log is not None:
+                elif self._tally(sample, staging.predictions) and sample.log is not None:
                     sample.log.record(sample.shadow.ref, staging, took_ms)
 
     def _tally(self, sample: Sample, staging: Any) -> bool:

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -443,3 +444,52 @@ def test_a_roll_that_fails_in_any_way_drops_its_rows_counted_and_the_roller_goes
     log.record(MODEL, served)
     log.close(ship_timeout_s=5)
     assert len(_logged(tmp_path / "log")) == 1
+
+
+def test_each_record_holds_its_own_request_s_rows_of_the_call_that_answered_it() -> None:
+    """Requests merged into one predict, one predicted alone, an error, and an answer without
+    one row per row asked: outputs and inputs land on the right records."""
+    from serving.capture import Served, records
+    from serving.inputs import Batch
+    from serving.model import Predicted
+
+    names = ["a", "b"]
+    merged = pd.DataFrame({"label": [0, 1, 1, 0, 1], "probability": [0.1, 0.9, 0.8, 0.2, 0.7]})
+    merged_in = Batch(names, 5, matrix=np.arange(10.0).reshape(5, 2))
+    alone = pd.DataFrame({"label": [1, 0], "probability": [0.6, 0.3]})
+    alone_in = Batch(names, 2, matrix=np.array([[100.0, 101.0], [102.0, 103.0]]))
+    short = pd.DataFrame({"label": [1], "probability": [0.5]})
+    short_in = Batch(names, 2, matrix=np.array([[200.0, 201.0], [202.0, 203.0]]))
+
+    def served(request_id: str, rows: int, predicted: Predicted | None) -> Served:
+        status = 200 if predicted is not None else 500
+        return Served(
+            request_id, 0, "production", "1", None, "random", None, None, 1.0, status, 1.0,
+            rows, predicted, with_inputs=True,
+        )  # fmt: skip
+
+    table = records(
+        [
+            served("second", 3, Predicted(merged.iloc[2:5], merged, merged_in, 2)),
+            served("error", 1, None),
+            served("alone", 2, Predicted.alone(alone, alone_in)),
+            served("first", 2, Predicted(merged.iloc[0:2], merged, merged_in, 0)),
+            served("short", 2, Predicted.alone(short, short_in)),
+        ]
+    )
+    found = {
+        (r["request_id"], r["row"]): (r["label"], r["probability"], r["input.a"], r["input.b"])
+        for r in table.to_pylist()
+    }
+    assert found == {
+        ("first", 0): (0, 0.1, 0.0, 1.0),
+        ("first", 1): (1, 0.9, 2.0, 3.0),
+        ("second", 0): (1, 0.8, 4.0, 5.0),
+        ("second", 1): (0, 0.2, 6.0, 7.0),
+        ("second", 2): (1, 0.7, 8.0, 9.0),
+        ("error", 0): (None, None, None, None),
+        ("alone", 0): (1, 0.6, 100.0, 101.0),
+        ("alone", 1): (0, 0.3, 102.0, 103.0),
+        ("short", 0): (None, None, 200.0, 201.0),
+        ("short", 1): (None, None, 202.0, 203.0),
+    }

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 
 from registry import predictionlog
@@ -173,3 +174,24 @@ def test_round_trip_on_s3(s3: S3) -> None:
         "/predictions/model=cancer-classifier/date=2026-11-30/hour=23/r1-0.parquet" in k
         for k in keys
     )
+
+
+def test_a_spooled_file_of_one_hour_ships_as_it_is_any_other_is_rewritten(
+    s3: S3, tmp_path: Path
+) -> None:
+    root = s3_root(s3)
+    ((hour, conformed),) = predictionlog.hours_of(records(30, step=timedelta(seconds=1)))
+    assert hour == START.replace(minute=0)
+    spooled = tmp_path / "spooled.parquet"
+    predictionlog.write_file(conformed, spooled)
+    (path,) = predictionlog.ship_predictions(root, "m", spooled, "r1-0")
+    assert path.endswith("/date=2026-11-30/hour=22/r1-0.parquet")
+    with root.filesystem.open_input_stream(path) as shipped:
+        assert shipped.read() == spooled.read_bytes()  # not decoded, not re-encoded
+    # records of three hours, not in the log's types (`row` int64): rewritten, split by hour
+    pq.write_table(records(120), spooled)
+    written = predictionlog.ship_predictions(root, "m", spooled, "r1-1")
+    assert [p.rsplit("/", 2)[1] for p in written] == ["hour=22", "hour=23", "hour=00"]
+    table = predictionlog.read_predictions(root, "m", Window(), ["request_id", "row"])
+    assert table.num_rows == 30 + 120
+    assert table.schema.field("row").type == pa.int32()
