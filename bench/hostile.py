@@ -16,11 +16,15 @@ classifier `cancer-classifier` and registers fault-injection versions, then meas
    empty admin token, and a process whose only model is still loading;
 2. stalled: 1,000 stalled connections (idle, partial headers, partial body; reopened when
    the server closes them) beside wrk at 8 connections on the pinned production path,
-   interleaved without, with, four times (medians): no error, p99 at most 2x, RSS bounded;
+   interleaved without, with, four times, both under the same probes (medians): no error,
+   p99 at most 2x, RSS bounded;
 3. hang: wrk on production beside unpinned traffic at a fixed rate of which staging takes
    10%, staging a plain version (without) or one whose predict sleeps 60 s (with),
    interleaved four times (medians): 0 production errors, p99 at most 1.2x. The p99 of one
    10 s run varies widely between runs of the same condition, so two pairs were too few.
+
+The server runs on core 0 alone; wrk, the registry and this process (its attack, client and
+probe threads) on core 1.
 
 The throughput goal (no regression) is `python -m bench.serving`'s; it is recorded here
 as a pointer only. Goals are judged from the recorded parts alone (`goals`), so `--show`
@@ -32,6 +36,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import resource
 import statistics
 import sys
@@ -391,9 +396,12 @@ def stalled(run: Run, stack: Stack, workdir: Path) -> None:
     wrk_run(process, script, replace(cfg, duration_s=2))  # warm-up, not recorded
     port = urlsplit(process.base_url).port or 80
     runs: dict[str, list[dict[str, Any]]] = {"without": [], "with": []}
-    for repeat in range(cfg.repeats):
-        runs["without"].append(wrk_run(process, script, cfg) | {"repeat": repeat})
+    for repeat in range(cfg.repeats):  # both runs under the same probes
         steady = steady_kib(process.pid)
+        probed = measured(
+            process.pid, process.base_url, 0, lambda: [wrk_run(process, script, cfg)], steady
+        )
+        runs["without"].append(probed.pop("answers")[0] | {"repeat": repeat, **probed})
         path = f"/models/{MODEL}/invocations"
         with attacks.Stalled("127.0.0.1", port, path, cfg.stalled_connections) as held:
             time.sleep(1.0)  # every stalled connection open before the load starts
@@ -403,8 +411,8 @@ def stalled(run: Run, stack: Stack, workdir: Path) -> None:
         result = probed.pop("answers")[0]
         runs["with"].append(result | {"repeat": repeat, "stalled": held.record(), **probed})
     run.parts["stalled"] = {
-        "tool": f"wrk, {cfg.connections} connections, pinned to core {LOAD_CORE}; "
-        f"server pinned to core {SERVER_CORE}",
+        "tool": f"wrk, {cfg.connections} connections, the attack and the probes on core "
+        f"{LOAD_CORE}; server pinned to core {SERVER_CORE}",
         "path": f"/models/{MODEL}/aliases/production/invocations",
         "runs": runs,
     }
@@ -652,6 +660,9 @@ def execute(run: Run, workdir: Path) -> None:
     from training.datasets import load_split
 
     cfg = run.config
+    # Core 0 is the server's alone: this process (its attack, client and probe threads), the
+    # registry it starts and wrk run on core 1, as the other benchmarks have them.
+    os.sched_setaffinity(0, {int(LOAD_CORE)})
     with ExitStack() as stop:
         uri = stop.enter_context(registry(workdir))
         log.info("registering versions")
