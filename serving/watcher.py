@@ -69,7 +69,6 @@ class Watcher:
         self._save_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._loads: dict[Slot, asyncio.Task[None]] = {}
-        self._heap_frozen = False
         # read at scrape time in this process; with several workers, as of the last poll
         metrics.poll_age.set_function(lambda: self.health().poll_age_s)
         metrics.serving_stale.set_function(lambda: float(self.stale))
@@ -332,7 +331,7 @@ class Watcher:
                 )
             previous = slot.swapped(loaded)
             self._served[(slot.model, slot.alias)] = version
-            self._freeze_heap_once()
+            self._freeze_heap()
             self.metrics.swaps.labels(slot.model, slot.alias).inc()
             self.metrics.version_served(
                 slot.model, slot.alias, target, loaded.load_s, _version(previous)
@@ -359,17 +358,20 @@ class Watcher:
         except Exception:
             self._failed("saving state or pruning the cache")
 
-    def _freeze_heap_once(self) -> None:
-        """After the first swap, exempt what is alive (mostly code) from full collections.
+    @staticmethod
+    def _freeze_heap() -> None:
+        """After each swap, exempt what is alive (mostly code, and the models) from full
+        collections.
 
         A full pass of the cyclic collector over the ~350,000 objects mlflow, pandas and the
-        frameworks import takes ~200 ms with the GIL held: every request in flight waits. Frozen
-        objects are still freed by reference counting; only reference cycles in what is alive
-        now (the first models, should they be swapped out) are never collected.
+        frameworks import takes ~200 ms with the GIL held: every request in flight waits. What
+        a later load brings (a second model's flavour and code) needs freezing too: frozen only
+        after the first swap, a process serving two models paused 150-235 ms every ~5 s
+        (bench.hostile). Frozen objects are still freed by reference counting; only reference
+        cycles in versions swapped out later are never collected.
         """
-        if not self._heap_frozen:
-            gc.freeze()
-            self._heap_frozen = True
+        gc.collect(1)  # young garbage is not frozen with the rest
+        gc.freeze()
 
     def _load(self, slot: Slot, version: str) -> tuple[LoadedModel, VersionId]:
         """In a worker thread: resolve, download (or find cached), load and warm up one version.
