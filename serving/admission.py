@@ -1,4 +1,5 @@
-"""Admission of prediction requests: a body bounded in time and memory, then an in-flight slot.
+"""Admission of prediction requests: a body bounded in time and memory, then an in-flight slot,
+then the route's endpoint, called directly (`serving.direct`).
 
 A stalled upload must not hold what a normal client needs. So a request counts against
 `max_in_flight` only once its whole body is here, and the bytes of bodies being received are
@@ -9,22 +10,14 @@ fast 503 before its body is read, and small bodies, which need no reservation, s
 """
 
 import asyncio
-import re
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable
 
+from serving.direct import DirectRoutes, Match, Message, Receive, Scope, Send
 from serving.errors import BodiesOverBudget, BodyTimeout, Overloaded, ServingError
 from serving.settings import ServingSettings
-from serving.v2_routes import error_response_for
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-PREDICTION_PATH = re.compile(r"(^|/)invocations$|^/v2/.+/infer$")
-"""POST paths of the prediction routes: MLflow's scoring protocol and the V2 protocol's."""
 FREE_BYTES = 64 * 2**10
 """Bytes of each body not reserved from the shared budget (uvicorn's own read-ahead)."""
 
@@ -32,8 +25,9 @@ FREE_BYTES = 64 * 2**10
 class Admission:
     """ASGI middleware admitting prediction requests (see the module's docstring)."""
 
-    def __init__(self, app: ASGIApp, *, settings: ServingSettings) -> None:
+    def __init__(self, app: ASGIApp, *, settings: ServingSettings, routes: DirectRoutes) -> None:
         self.app = app
+        self.routes = routes
         self.max_in_flight = settings.max_in_flight
         self.max_body_bytes = settings.max_body_bytes
         self.max_buffered_bytes = settings.max_buffered_bytes
@@ -44,25 +38,32 @@ class Admission:
         """Bytes reserved from `max_buffered_bytes` by requests being received or answered."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not _is_prediction(scope):
+        route = self.routes.match(scope)
+        if route is None:
             await self.app(scope, receive, send)
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body_bytes:
-            await self.app(scope, receive, send)  # the route refuses it unread: 413
+            await self.routes.answer(route, scope, receive, send)  # refused unread: 413
             return
         body = _Body(self)
         try:
-            await self._admit(body, declared, scope, receive, send)
+            await self._admit(route, body, declared, scope, receive, send)
         except ServingError as error:
-            await error_response_for(scope["path"], error)(scope, receive, send)
+            await self.routes.render_error(scope["path"], error)(scope, receive, send)
         finally:
             body.release()
 
     async def _admit(
-        self, body: "_Body", declared: int | None, scope: Scope, receive: Receive, send: Send
+        self,
+        route: Match,
+        body: "_Body",
+        declared: int | None,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
-        """Receive the body, take an in-flight slot and call the app; ServingError if refused."""
+        """Receive the body, take an in-flight slot and answer; ServingError if refused."""
         if declared is not None:
             body.reserve(declared)
         try:
@@ -73,13 +74,13 @@ class Admission:
         if complete is None:
             return  # the client went away
         if not complete:  # over max_body_bytes: the route refuses it: 413
-            await self.app(scope, body.replay(receive), send)
+            await self.routes.answer(route, scope, body.replay(receive), send)
             return
         if self.in_flight >= self.max_in_flight:
             raise Overloaded(f"more than {self.max_in_flight} requests in flight")
         self.in_flight += 1
         try:
-            await self.app(scope, body.replay(receive), send)
+            await self.routes.answer(route, scope, body.replay(receive), send)
         finally:
             self.in_flight -= 1
 
@@ -137,14 +138,6 @@ class _Body:
             return await receive()
 
         return replayed
-
-
-def _is_prediction(scope: Scope) -> bool:
-    return (
-        scope["type"] == "http"
-        and scope["method"] == "POST"
-        and PREDICTION_PATH.search(scope["path"]) is not None
-    )
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -10,6 +10,7 @@ from fastapi.telemetry import TelemetryConfig
 
 from serving.admission import Admission
 from serving.auth import read_keyring
+from serving.direct import DECLARED, DirectRoutes
 from serving.errors import BadRequest, ServingError
 from serving.routes import predictions, router
 from serving.service import Service
@@ -48,12 +49,13 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         telemetry=None if settings.opentelemetry else NO_TELEMETRY,
     )
     app.state.keyring = keyring
-    app.include_router(predictions)  # the prediction routes first: see `routes.predictions`
+    app.include_router(predictions)
     app.include_router(v2_router)
     app.include_router(router)
     app.add_exception_handler(ServingError, _serving_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_middleware(Admission, settings=settings)
+    routes = DirectRoutes(DECLARED, error_response_for)
+    app.add_middleware(Admission, settings=settings, routes=routes)
     return app
 
 

@@ -2,16 +2,17 @@
 
 A request joins its version's batcher when its rows were validated into a `Batch` here and it
 carries no params; batch-mates share a `Batch.layout` (names, and one float matrix or equal
-dtypes). A version whose threads are not all busy dispatches at once, so an idle version makes
-nobody wait; under load, requests queue while the threads work and the next batch takes what
-queued, up to MODELYARD_BATCH_MAX_ROWS rows. No timer holds a batch open: the busy threads are
-the wait, so a batch grows with the load and a lone request never pays for one.
+dtypes). A request waits one turn of the event loop, so every request the loop reads in that
+turn joins it; then a version whose threads are not all busy dispatches, so an idle version
+makes nobody wait longer; under load, requests queue while the threads work and the next batch
+takes what queued, up to MODELYARD_BATCH_MAX_ROWS rows. No timer holds a batch open: the busy
+threads are the wait, so a batch grows with the load and a lone request never pays for one.
 
-A version fast enough to predict on the event loop (see `Batcher`) batches there instead: a
-request waits one turn of the loop, so every request the loop reads in that turn joins it, and
-each batch is bounded by the rows warm-up timed below MODELYARD_INLINE_BELOW_MS. Only requests
-that would predict inline alone join there (no larger than the input example); a batch far
-slower than warm-up promised ends predicts on the loop for the version, as an inline one does.
+A version fast enough to predict on the event loop (see `Batcher`) batches there instead, one
+batch per turn of the loop, each bounded by the rows warm-up timed below
+MODELYARD_INLINE_BELOW_MS. Only requests that would predict inline alone join there (no larger
+than the input example); a batch far slower than warm-up promised ends predicts on the loop for
+the version, as an inline one does.
 
 One predict answers a batch, split back per request in order. If it raises, or its answer is
 not one row per row, each request of the batch is predicted alone, so only the offender fails
@@ -222,13 +223,9 @@ class Batcher:
             time.perf_counter(),
         )
         self._queue.append(waiting)
-        if self._scheduled:
-            return waiting
-        if self.inline_rows and loaded.inline:
+        if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._drain, loaded)
-        elif self._busy < self.threads:
-            self._drain(loaded)
         return waiting
 
     def give_up(self, waiting: Waiting) -> "Future[Any] | None":

@@ -3,15 +3,16 @@ readiness, and inference answered by Service with the V2 codec (`serving.v2`).""
 
 import dataclasses
 from importlib.metadata import version as package_version
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
 from serving import v2
 from serving.auth import Keyring, scrub
+from serving.direct import prediction_route
 from serving.errors import ServingError, UnknownVersion
 from serving.model import LoadedModel
 from serving.routes import (
@@ -85,6 +86,15 @@ _TENSOR = {
     },
 }
 INFER_DOC: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": v2.HEADER_LENGTH,
+            "in": "header",
+            "required": False,
+            "description": "Binary tensor data: the length of the JSON header that starts the body",
+            "schema": {"type": "string"},
+        }
+    ],
     "requestBody": {
         "required": True,
         "content": {
@@ -147,27 +157,18 @@ INFER_DOC: dict[str, Any] = {
         },
     },
 }
-HeaderLength = Annotated[
-    str | None,
-    Header(
-        alias=v2.HEADER_LENGTH,
-        description="Binary tensor data: the length of the JSON header that starts the body",
-    ),
-]
 
 
-@router.post("/models/{name}/infer", openapi_extra=INFER_DOC)
-async def infer(name: str, request: Request, header_length: HeaderLength = None) -> Response:
+@prediction_route(router, "/models/{name}/infer", openapi_extra=INFER_DOC)
+async def infer(request: Request, name: str) -> Response:
     """Inference, A/B-routed as /models/{name}/invocations (X-Routing-Key for sticky routing)."""
-    return await _infer(request, name, None, header_length)
+    return await _infer(request, name, None)
 
 
-@router.post("/models/{name}/versions/{version}/infer", openapi_extra=INFER_DOC)
-async def version_infer(
-    name: str, version: str, request: Request, header_length: HeaderLength = None
-) -> Response:
+@prediction_route(router, "/models/{name}/versions/{version}/infer", openapi_extra=INFER_DOC)
+async def version_infer(request: Request, name: str, version: str) -> Response:
     """Inference by the alias serving `version` now; 404 when none does."""
-    return await _infer(request, name, version, header_length)
+    return await _infer(request, name, version)
 
 
 @router.get("", response_model=ServerMetadataResponse)
@@ -265,13 +266,14 @@ def error_response_for(path: str, error: ServingError) -> Response:
     return error_response(error)
 
 
-async def _infer(
-    request: Request, name: str, version: str | None, header_length: str | None
-) -> Response:
+async def _infer(request: Request, name: str, version: str | None) -> Response:
     """Like the MLflow routes, the Service and keyring come from the app's state."""
     service: Service = request.app.state.service
     keyring: Keyring | None = request.app.state.keyring
-    codec = v2.V2Codec(service.limits, header_length, request.headers.get("content-encoding"))
+    headers = request.headers
+    codec = v2.V2Codec(
+        service.limits, headers.get(v2.HEADER_LENGTH), headers.get("content-encoding")
+    )
     outcome = await prediction(request, service, keyring, name, None, codec=codec, version=version)
     return outcome_response(outcome, v2_error_response)
 
