@@ -13,6 +13,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.requests import ClientDisconnect
 
 from serving import webhooks
 from serving.auth import Keyring, presented_key, scrub
@@ -386,17 +387,22 @@ async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(limit)
-    chunks, size = [], 0
+    chunks, size, more = [], 0, True
     try:
         async with asyncio.timeout(timeout_s):
-            async for chunk in request.stream():
+            while more:  # the ASGI messages themselves: Request.stream() costs a generator
+                message = await request.receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnect()
+                chunk = message.get("body", b"")
+                more = message.get("more_body", False)
                 size += len(chunk)
                 if size > limit:
                     raise BodyTooLarge(limit)
                 chunks.append(chunk)
     except TimeoutError:
         raise BodyTimeout(timeout_s) from None
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _is_admin_token(settings: ServingSettings, given: str) -> bool:

@@ -1,5 +1,6 @@
 """Adaptive batching: concurrent requests merged into one predict, answered as if alone."""
 
+import asyncio
 import io
 import re
 import threading
@@ -12,11 +13,16 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from mlflow.types import ColSpec, Schema
+from prometheus_client import Histogram
 
 from registry.client import connect
 from serving.app import create_app
-from serving.batching import Mode, choose
+from serving.batching import Batcher, Choice, Mode, choose
+from serving.inputs import InputSpec, from_rows
 from serving.model import BatchProfile
+from serving.pool import PredictPool
+from serving.protocol import Decoded
 from serving.settings import ServingSettings
 from tests.conftest import wait_until
 from training.datasets import load_split
@@ -280,3 +286,45 @@ def test_fast_version_batches_on_the_event_loop_and_isolates_failures(tracking_u
         assert [r.status_code for r in responses] == [r.status_code for r in alone]
         assert responses[5].status_code == 500
         assert [r.json() for r in responses] == [r.json() for r in alone]
+
+
+class _Version:
+    """What a batcher asks of a loaded version: two predict threads, a predict that answers
+    each row's value and records how many rows each call had."""
+
+    inline = False
+    inline_rows = 0
+
+    def __init__(self) -> None:
+        self.pool = PredictPool(2, "batching-test")
+        self.calls: list[int] = []
+
+    def predict(self, request: Decoded) -> Any:
+        assert request.batch is not None
+        self.calls.append(request.batch.rows)
+        return request.batch.as_matrix()[:, 0]
+
+
+def test_requests_read_in_one_loop_turn_share_one_predict_though_threads_are_idle():
+    spec = InputSpec.from_schema(Schema([ColSpec("double", "x")]))
+    assert spec is not None
+    version = _Version()
+    batcher = Batcher(
+        Choice(True, "test"),
+        max_rows=64,
+        threads=2,
+        inline_rows=0,
+        slow_inline_ms=100.0,
+        rows_seen=Histogram("test_batch_rows", "rows", registry=None),
+        queue_wait=Histogram("test_batch_wait", "wait", registry=None),
+    )
+
+    async def three_requests_in_one_turn() -> list[Any]:
+        requests = [Decoded(batch=from_rows(spec, ["x"], [[float(i)]])) for i in range(3)]
+        waiting = [batcher.submit(version, request) for request in requests]
+        return await asyncio.gather(*(w.future for w in waiting))
+
+    answers = asyncio.run(three_requests_in_one_turn())
+
+    assert version.calls == [3]
+    assert [a.predictions.tolist() for a in answers] == [[0.0], [1.0], [2.0]]

@@ -48,6 +48,7 @@ def _settings(**overrides: object) -> ServingSettings:
         "models": [MODEL],
         "predict_timeout_s": TIMEOUT_S,
         "inline_below_ms": 0,  # every predict on the version's threads
+        "batching": "off",  # each hanging request holds a thread of its own
         "poll_interval_s": 0.5,
     }
     return ServingSettings(**(values | overrides))  # type: ignore[arg-type]

@@ -247,6 +247,17 @@ def test_infer_is_routed_with_the_model_headers(
     ]
 
 
+def test_the_schema_documents_both_infer_routes_with_their_header(http: httpx.Client):
+    paths = http.get("/openapi.json").json()["paths"]
+    for path, names in (
+        ("/v2/models/{name}/infer", ["name"]),
+        ("/v2/models/{name}/versions/{version}/infer", ["name", "version"]),
+    ):
+        parameters = paths[path]["post"]["parameters"]
+        assert [p["name"] for p in parameters if p["in"] == "path"] == names
+        assert [p["name"] for p in parameters if p["in"] == "header"] == [v2.HEADER_LENGTH]
+
+
 def test_column_tensors_of_shape_n_by_1_and_zero_rows(http: httpx.Client, rows: pd.DataFrame):
     nested = _v2_body(rows.head(3))
     for tensor in nested["inputs"]:
