@@ -1,4 +1,10 @@
-"""JSON log lines, written by a background thread so logging stays off the request path."""
+"""JSON log lines, written by a background thread so logging stays off the request path.
+
+A request's line costs the event loop only a record on a queue: the writer thread formats
+what queued every WRITE_EVERY_S and writes it at once. Woken for every line, it cost a context
+switch and a write per request (together about a sixth of the demo's throughput at 64
+connections, measured with the log on and off).
+"""
 
 import atexit
 import logging
@@ -8,10 +14,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 from prometheus_client import Counter
+
+WRITE_EVERY_S = 0.1
+"""The writer thread writes what queued this often."""
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "message",
@@ -51,6 +60,10 @@ class DroppingQueueHandler(logging.handlers.QueueHandler):
             return
         super().emit(record)
 
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        """The record itself: the writer thread formats it (message, traceback)."""
+        return record
+
     def enqueue(self, record: logging.LogRecord) -> None:
         """Queue the record; count it dropped if the queue filled up since `emit` looked."""
         try:
@@ -59,11 +72,46 @@ class DroppingQueueHandler(logging.handlers.QueueHandler):
             self.dropped.inc()
 
 
-class _Writer(logging.handlers.QueueListener):
-    """The thread writing queued records; stopping waits for room to queue its sentinel."""
+class LineWriter(threading.Thread):
+    """Formats the queued records every WRITE_EVERY_S and writes them to `stream` at once."""
 
-    def enqueue_sentinel(self) -> None:
-        self.queue.put(self._sentinel)  # type: ignore[attr-defined]
+    def __init__(
+        self,
+        records: "queue.Queue[logging.LogRecord]",
+        formatter: logging.Formatter,
+        stream: TextIO,
+    ) -> None:
+        super().__init__(name="log-writer", daemon=True)
+        self.records = records
+        self.formatter = formatter
+        self.stream = stream
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopping.wait(WRITE_EVERY_S):
+            self.write_queued()
+        self.write_queued()
+
+    def stop(self) -> None:
+        """Write what queued, then end the thread."""
+        self._stopping.set()
+        self.join()
+
+    def write_queued(self) -> None:
+        """Format and write every queued record."""
+        lines = []
+        while True:
+            try:
+                record = self.records.get_nowait()
+            except queue.Empty:
+                break
+            lines.append(self.formatter.format(record) + "\n")
+        if lines:
+            try:
+                self.stream.write("".join(lines))
+                self.stream.flush()
+            except (OSError, ValueError):  # stderr closed: nowhere left to write
+                pass
 
 
 class TracebackLimiter:
@@ -109,7 +157,7 @@ class TracebackLimiter:
             del self._windows[key]
 
 
-_writer: _Writer | None = None
+_writer: LineWriter | None = None
 _dropped: Counter | None = None
 
 
@@ -121,15 +169,17 @@ def configure(level: str, queue_lines: int = 10_000) -> None:
     root.setLevel(level)
     if any(isinstance(h, logging.handlers.QueueHandler) for h in root.handlers):
         return
+    # The lines never show where a call was made from, nor thread or process names: records
+    # skip looking them up (the logging HOWTO's "Optimization").
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     records: queue.Queue[logging.LogRecord] = queue.Queue(queue_lines)
-    output = logging.StreamHandler(sys.stderr)
-    output.setFormatter(JsonFormatter())
     _dropped = Counter(
         "modelyard_log_lines_dropped",
         "Log lines dropped because the queue of lines to write was full.",
         registry=None,
     )
-    _writer = _Writer(records, output)
+    _writer = LineWriter(records, JsonFormatter(), sys.stderr)
     _writer.start()
     atexit.register(flush)
     root.handlers = [DroppingQueueHandler(records, _dropped)]

@@ -1,11 +1,13 @@
 """Log flooding: a full queue drops lines and counts them; tracebacks are rate-limited per key."""
 
+import io
+import json
 import logging
 import queue
 
 from prometheus_client import CollectorRegistry, Counter
 
-from serving.logs import DroppingQueueHandler, TracebackLimiter
+from serving.logs import DroppingQueueHandler, JsonFormatter, LineWriter, TracebackLimiter
 
 
 def test_lines_beyond_the_queue_are_dropped_and_counted():
@@ -19,6 +21,30 @@ def test_lines_beyond_the_queue_are_dropped_and_counted():
         logger.error("line %d", line)
     assert records.qsize() == 10
     assert registry.get_sample_value("modelyard_log_lines_dropped_total") == 90
+
+
+def test_a_failure_is_written_with_its_message_and_its_traceback_apart():
+    dropped = Counter("modelyard_log_lines_dropped", "", registry=CollectorRegistry())
+    records: queue.Queue[logging.LogRecord] = queue.Queue(10)
+    logger = logging.getLogger("test-logs-traceback")
+    logger.propagate = False
+    logger.addHandler(DroppingQueueHandler(records, dropped))
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logger.exception("model raised on valid input", extra={"version": "7"})
+    logger.warning("after %d failure", 1)
+    output = io.StringIO()
+
+    LineWriter(records, JsonFormatter(), output).write_queued()
+
+    failure, after = [json.loads(line) for line in output.getvalue().splitlines()]
+    assert failure["message"] == "model raised on valid input"
+    assert failure["version"] == "7"
+    assert failure["exception"].startswith("Traceback")
+    assert failure["exception"].endswith("ValueError: boom")
+    assert after["message"] == "after 1 failure"
+    assert "exception" not in after
 
 
 def test_tracebacks_are_limited_per_key_and_minute():
