@@ -50,7 +50,7 @@ class Admission:
         try:
             await self._admit(route, body, declared, scope, receive, send)
         except ServingError as error:
-            await self.routes.render_error(scope["path"], error)(scope, receive, send)
+            await self.routes.refusal(scope, error)(scope, receive, send)
         finally:
             body.release()
 

@@ -60,7 +60,7 @@ class DirectRoutes:
     ) -> None:
         self.routes = tuple((compile_path(path)[0], endpoint) for path, endpoint in declared)
         self.render_error = render_error
-        """The error response for a request's path, as its protocol writes errors."""
+        """The error response for a route path, as its protocol writes errors."""
 
     def match(self, scope: Scope) -> Match | None:
         """The prediction route of a POST request, None for any other request."""
@@ -77,8 +77,12 @@ class DirectRoutes:
         try:
             response = await match.endpoint(Request(scope, receive), **match.params)
         except ServingError as error:
-            response = self.render_error(scope["path"], error)
+            response = self.refusal(scope, error)
         await response(scope, receive, send)
+
+    def refusal(self, scope: Scope, error: ServingError) -> Response:
+        """`error` answered as the protocol of the request's route writes errors."""
+        return self.render_error(_route_path(scope), error)
 
 
 def _route_path(scope: Scope) -> str:

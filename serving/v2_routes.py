@@ -26,7 +26,7 @@ from serving.service import Service
 
 PREFIX = "/v2"
 router = APIRouter(prefix=PREFIX, tags=["v2"])
-"""The protocol's routes, inference first (see `routes.predictions`)."""
+"""The protocol's routes."""
 
 
 class ServerMetadataResponse(BaseModel):
