@@ -105,13 +105,29 @@ class LineWriter(threading.Thread):
                 record = self.records.get_nowait()
             except queue.Empty:
                 break
-            lines.append(self.formatter.format(record) + "\n")
+            try:
+                lines.append(self.formatter.format(record) + "\n")
+            except Exception as exc:  # a bad record must not end the writer
+                lines.append(_unformattable(record, exc))
         if lines:
             try:
                 self.stream.write("".join(lines))
                 self.stream.flush()
             except (OSError, ValueError):  # stderr closed: nowhere left to write
                 pass
+
+
+def _unformattable(record: logging.LogRecord, exc: Exception) -> str:
+    """The line written in place of a record that cannot be formatted (say, its arguments do
+    not fit its message): where it came from and why, never its arguments."""
+    line = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created)),
+        "level": "ERROR",
+        "logger": __name__,
+        "message": f"a log record of {record.name} could not be formatted: {exc!r}",
+        "record_message": str(record.msg)[:300],
+    }
+    return orjson.dumps(line).decode() + "\n"
 
 
 class TracebackLimiter:

@@ -47,6 +47,27 @@ def test_a_failure_is_written_with_its_message_and_its_traceback_apart():
     assert "exception" not in after
 
 
+def test_a_record_that_cannot_be_formatted_is_named_and_the_others_are_written():
+    dropped = Counter("modelyard_log_lines_dropped", "", registry=CollectorRegistry())
+    records: queue.Queue[logging.LogRecord] = queue.Queue(10)
+    logger = logging.getLogger("test-logs-unformattable")
+    logger.propagate = False
+    logger.addHandler(DroppingQueueHandler(records, dropped))
+    logger.warning("before")
+    logger.warning("rows: %d", "not a number")
+    logger.warning("after")
+    output = io.StringIO()
+
+    LineWriter(records, JsonFormatter(), output).write_queued()
+
+    before, bad, after = [json.loads(line) for line in output.getvalue().splitlines()]
+    assert (before["message"], after["message"]) == ("before", "after")
+    assert bad["level"] == "ERROR"
+    assert "test-logs-unformattable" in bad["message"]
+    assert bad["record_message"] == "rows: %d"
+    assert "not a number" not in output.getvalue()
+
+
 def test_tracebacks_are_limited_per_key_and_minute():
     now = [0.0]
     limiter = TracebackLimiter(per_minute=3, clock=lambda: now[0])
