@@ -18,7 +18,10 @@ slower than `max` x the baseline's p99, disagreements) the test is the same: und
 bound" the count of bad requests among n is at most Binomial(n, p0), and the average of the
 likelihood ratios of a few alternatives p1 > p0 is a nonnegative supermartingale, so by
 Ville's inequality it ever reaches 1/alpha (20) with probability at most alpha (5%), however
-often it is looked at. A candidate failing 1 request in 20 against `max: 0.01` reaches it after
+often it is looked at. Each check therefore takes its highest value over the candidate's
+requests in arrival order, as if it had looked after every one: once the log holds the
+evidence, every later check finds it, and evidence that later requests dilute is not lost
+between two checks. A candidate failing 1 request in 20 against `max: 0.01` reaches it after
 about 100 requests; one failing 1 in 200 essentially never does. The p99 ratio is reported,
 but the breach is decided by the share of candidate requests slower than `max` x the baseline's
 p99 (more than 1% of them means the candidate's p99 is beyond the bound), so a p99 taken from a
@@ -142,14 +145,18 @@ class Evaluation:
         }
 
 
-def evidence(bad: int, n: int, share: float) -> float:
-    """The evidence that more than `share` of all requests are bad, from `bad` of `n`: the
-    average likelihood ratio of the ALTERNATIVES against `share` (1 with no requests)."""
-    return float(evidence_many(np.asarray([bad]), np.asarray([n]), share)[0])
+def peak_evidence(bad: NDArray[np.bool_], share: float) -> float:
+    """The highest evidence along `bad`, the requests in arrival order, that more than `share`
+    of all requests are bad (1 with no requests)."""
+    if not bad.size:
+        return 1.0
+    counts = np.cumsum(bad)
+    return float(evidence_many(counts, np.arange(1, bad.size + 1), share).max())
 
 
 def evidence_many(bad: ArrayLike, n: ArrayLike, share: float) -> NDArray[np.float64]:
-    """`evidence` for arrays of counts at once (the simulations use it)."""
+    """The evidence that more than `share` of all requests are bad, from `bad` of `n` (arrays
+    of counts): the average likelihood ratio of the ALTERNATIVES against `share`."""
     bad = np.asarray(bad, dtype="float64")[..., None]
     n = np.asarray(n, dtype="float64")[..., None]
     alternatives = np.unique(np.minimum(share * np.asarray(ALTERNATIVES), 0.999))
@@ -285,11 +292,19 @@ PREDICTIONS = pa.schema([predictionlog.PREDICTION_SCHEMA.field(name) for name in
 
 @dataclass(frozen=True, slots=True)
 class _ArmRecords:
-    """One version's requests in a window: how many, how many failed, answered latencies."""
+    """One version's requests in a window, in arrival order: which failed, and the answered
+    ones' latencies."""
 
-    requests: int
-    errors: int
+    failed: NDArray[np.bool_]
     answered: NDArray[np.float64]
+
+    @property
+    def requests(self) -> int:
+        return int(self.failed.size)
+
+    @property
+    def errors(self) -> int:
+        return int(self.failed.sum())
 
 
 def _arm(table: pa.Table, ref: ModelRef) -> _ArmRecords:
@@ -297,10 +312,10 @@ def _arm(table: pa.Table, ref: ModelRef) -> _ArmRecords:
         pc.and_(pc.equal(table["alias"], ref.alias or ""), pc.equal(table["version"], ref.version)),
         pc.equal(table["row"], 0),
     )
-    requests = table.filter(mine)
-    status = requests["status"].to_numpy().astype("int64")
+    requests = table.filter(mine).sort_by("ts")
+    failed = requests["status"].to_numpy().astype("int64") >= 500
     latency = requests["latency_ms"].to_numpy().astype("float64")
-    return _ArmRecords(int(status.size), int((status >= 500).sum()), latency[status < 500])
+    return _ArmRecords(failed, latency[~failed])
 
 
 def _requests(candidate: _ArmRecords, minimum: int) -> GuardResult:
@@ -317,7 +332,7 @@ def _requests(candidate: _ArmRecords, minimum: int) -> GuardResult:
 
 def _error_rate(candidate: _ArmRecords, bound: float, minimum: int) -> GuardResult:
     n, bad = candidate.requests, candidate.errors
-    found = evidence(bad, n, bound)
+    found = peak_evidence(candidate.failed, bound)
     rate = bad / n if n else math.nan
     outcome: Outcome = "breach" if found >= EVIDENCE else ("pass" if n >= minimum else "no_data")
     return GuardResult(
@@ -361,8 +376,9 @@ def _latency(
     threshold = bound * baseline_p99
     n = candidate.answered.size
     candidate_p99 = float(np.quantile(candidate.answered, 0.99)) if n else math.nan
-    slower = int((candidate.answered > threshold).sum())
-    found = evidence(slower, n, LATENCY_SHARE)
+    is_slower = candidate.answered > threshold
+    slower = int(is_slower.sum())
+    found = peak_evidence(is_slower, LATENCY_SHARE)
     ratio = candidate_p99 / baseline_p99 if baseline_p99 > 0 else math.nan
     outcome: Outcome = "breach" if found >= EVIDENCE else ("pass" if n >= minimum else "no_data")
     return GuardResult(
@@ -401,17 +417,18 @@ def _agreement(
         ),
     )
     columns = ["request_id", "row", "label", "prediction"]
-    sides = [step.filter(shadowed).select(columns), step.filter(served).select(columns)]
+    sides = [
+        step.filter(shadowed).select([*columns, "ts"]),
+        step.filter(served).select(columns),
+    ]
     pairs = sides[0].join(sides[1], ["request_id", "row"], right_suffix="_b", join_type="inner")
+    pairs = pairs.sort_by("ts")
     n = pairs.num_rows
-    if n:
-        same = _alike(pairs["label"], pairs["label_b"]) & _alike(
-            pairs["prediction"], pairs["prediction_b"]
-        )
-        agreed = int(same.sum())
-    else:
-        agreed = 0
-    found = evidence(n - agreed, n, 1 - bound)
+    same = _alike(pairs["label"], pairs["label_b"]) & _alike(
+        pairs["prediction"], pairs["prediction_b"]
+    )
+    agreed = int(same.sum())
+    found = peak_evidence(~same, 1 - bound)
     share = agreed / n if n else math.nan
     outcome: Outcome = "breach" if found >= EVIDENCE else ("pass" if n >= minimum else "no_data")
     summary = (

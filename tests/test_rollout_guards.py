@@ -11,7 +11,7 @@ import pytest
 
 from gates import rollout_guards, rollout_policy
 from gates.errors import PolicyError
-from gates.rollout_guards import evidence, evidence_many
+from gates.rollout_guards import evidence_many, peak_evidence
 from gates.rollout_policy import GuardPolicy
 from registry import predictionlog
 from registry.predictionlog import Window
@@ -159,17 +159,32 @@ def test_guards_triple_latency_breaches_and_a_noisy_p99_does_not(tmp_path: Path)
     latency = guard(slow, "latency_p99_ratio")
     assert latency.outcome == "breach"
     assert latency.figures["ratio"] > 2
-    # same latency, one candidate request 40x slower: its p99 over ~100 requests jumps, but
-    # one slow request in a hundred is no evidence that the p99 is beyond the bound
+    # same latency, two candidate requests 40x slower: its p99 over ~100 requests jumps, but
+    # two slow requests in a hundred are no evidence that the p99 is beyond the bound
     table, feedback = records(Traffic(2000, 0.05))
     latency_ms = table["latency_ms"].to_numpy().copy()
     candidate_rows = np.flatnonzero(table["alias"].to_numpy(zero_copy_only=False) == "staging")
-    latency_ms[candidate_rows[:2]] *= 40
+    latency_ms[candidate_rows[[20, 60]]] *= 40
     table = table.set_column(11, "latency_ms", pa.array(latency_ms))
     found = rollout_guards.evaluate(SHIPPED, table, _typed(feedback), CANDIDATE, BASELINE, None)
     noisy = guard(found, "latency_p99_ratio")
     assert noisy.figures["ratio"] > 1.5  # the naive ratio would have rolled it back
     assert noisy.outcome == "pass"
+
+
+def test_guards_a_burst_of_errors_breaches_after_later_requests_dilute_it(tmp_path: Path) -> None:
+    """A check judges every moment of the step, not only its end: a candidate that failed 1
+    request in 5 for a while breaches even once hundreds of good requests followed."""
+    table, feedback = records(Traffic(6000, 0.25))
+    status = table["status"].to_numpy().copy()
+    candidate_rows = np.flatnonzero(table["alias"].to_numpy(zero_copy_only=False) == "staging")
+    status[candidate_rows[100:200:5]] = 500
+    table = table.set_column(table.schema.get_field_index("status"), "status", pa.array(status))
+    found = rollout_guards.evaluate(SHIPPED, table, _typed(feedback), CANDIDATE, BASELINE, None)
+    errors = guard(found, "error_rate")
+    assert errors.outcome == "breach", errors.line()
+    assert "20 of 1" in errors.line()  # 20 failed of the ~1,500 requests in the window
+    assert evidence_many(20, candidate_rows.size, 0.01) < 1  # the end alone shows nothing
 
 
 def test_guards_ten_points_less_accurate_breaches_once_labels_flow(tmp_path: Path) -> None:
@@ -269,8 +284,9 @@ def test_guards_empty_log_is_no_data() -> None:
 
 
 def test_evidence_is_valid_however_often_it_is_looked_at() -> None:
-    """A candidate exactly at the bound, looked at after every request up to 2,000, is
-    declared in breach in at most 5% of 400 runs; one failing 1 in 20 breaches by ~200."""
+    """A candidate exactly at the bound, looked at after every request up to 2,000 (as each
+    check's peak does), is declared in breach in at most 5% of 400 runs; one failing 1 in 20
+    breaches by ~200."""
     rng = np.random.default_rng(0)
     failed = np.cumsum(rng.random((400, 2000)) < 0.01, axis=1)
     found = evidence_many(failed, np.arange(1, 2001), 0.01)
@@ -278,9 +294,12 @@ def test_evidence_is_valid_however_often_it_is_looked_at() -> None:
     bad = np.cumsum(rng.random((400, 2000)) < 0.05, axis=1)
     detected = np.argmax(evidence_many(bad, np.arange(1, 2001), 0.01) >= 20, axis=1) + 1
     assert 60 < np.median(detected) < 250
-    assert evidence(10, 200, 0.01) >= 20
-    assert evidence(2, 200, 0.01) < 1
-    assert evidence(0, 0, 0.01) == 1.0
+    assert evidence_many([10, 2, 0], [200, 200, 0], 0.01).tolist()[2] == 1.0
+    assert evidence_many(10, 200, 0.01) >= 20
+    assert evidence_many(2, 200, 0.01) < 1
+    burst = np.r_[np.ones(3, bool), np.zeros(500, bool)]  # the peak is what was ever seen
+    assert peak_evidence(burst, 0.01) >= 20 > evidence_many(3, 503, 0.01)
+    assert peak_evidence(np.zeros(0, bool), 0.01) == 1.0
 
 
 # rollout.yaml
