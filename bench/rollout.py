@@ -30,8 +30,9 @@ inverted, the better way round on this data); every candidate is the same but fo
    it continues from that step and promotes.
 
 For 1-3 it measures when the breach became detectable in the log (the first moment at which
-the records readable in S3, by each file's upload time, prove it with the controller's own
-guards and windows) and which check stopped the rollout: the goal is that no check that
+the records readable in S3 prove it with the controller's own guards and windows; a file is
+readable from the earliest moment its upload time, in whole seconds, and the bench's own
+listings every 0.2 s allow) and which check stopped the rollout: the goal is that no check that
 started reading after that moment missed it (the controller prints when each check started
 and how long it took). It also measures the time until each replica reports the candidate's
 weight 0 (GET /models, sampled every 0.1 s) from the breach check's line, and the clients'
@@ -86,6 +87,8 @@ MARK = 4242.0
 """The first value the error candidate raises on (a radius no tumour has)."""
 PARTS = ("errors", "latency", "accuracy", "healthy", "manual", "resume")
 FAULTS = ("errors", "latency", "accuracy")
+LIST_EVERY_S = 0.2
+"""How often the log's files are listed, to know when each became readable."""
 MEASURING_S = 0.25
 """Allowance for measuring propagation: the 0.1 s sampling and the /models call itself."""
 
@@ -399,6 +402,41 @@ class Watcher(threading.Thread):
         self.join(5)
 
 
+class Lister(threading.Thread):
+    """Lists the log's files every LIST_EVERY_S and keeps, for each, the start of the last
+    listing that did not show it: the earliest moment it can have been readable. moto's
+    LastModified holds whole seconds, up to a second before a file was readable."""
+
+    def __init__(self, bench: Bench) -> None:
+        from registry import predictionlog
+
+        super().__init__(daemon=True)
+        self.root = predictionlog.open_root(LOG_URI, bench.s3_env)
+        self.dirs = [
+            self.root.model_dir(kind, MODEL)
+            for kind in (predictionlog.PREDICTIONS, predictionlog.FEEDBACK)
+        ]
+        self.not_before: dict[str, float] = {}
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        import pyarrow.fs as pafs
+
+        previous = 0.0  # files there at the first listing: their upload time alone says
+        while not self.stopped.wait(LIST_EVERY_S):
+            started = time.time()
+            with suppress(OSError):
+                for folder in self.dirs:
+                    selector = pafs.FileSelector(folder, recursive=True, allow_not_found=True)
+                    for info in self.root.filesystem.get_file_info(selector):
+                        self.not_before.setdefault(info.path, previous)
+                previous = started
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(5)
+
+
 @dataclass
 class Controlled:
     """A `modelyard rollout` process and its output lines, each stamped when it was read."""
@@ -576,9 +614,12 @@ def _answers(load: Load, began: float) -> dict[str, Any]:
 # -- when was it detectable ----------------------------------------------------------------------
 
 
-def detectable(bench: Bench, part: dict[str, Any]) -> dict[str, Any]:
-    """The first moment at which the records readable in the log (each file from its upload
-    time) prove the breach with the controller's guards over the step it breached in."""
+def detectable(
+    bench: Bench, part: dict[str, Any], not_before: Mapping[str, float]
+) -> dict[str, Any]:
+    """The first moment at which the records readable in the log prove the breach with the
+    controller's guards over the step it breached in. A file counts as readable from the
+    earliest moment its upload time and the listings allow (`Lister`)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.fs as pafs
@@ -609,7 +650,8 @@ def detectable(bench: Bench, part: dict[str, Any]) -> dict[str, Any]:
                 continue
             table = pq.read_table(info.path, filesystem=root.filesystem, columns=schema.names)
             table = table.cast(schema)
-            seen = pa.array([info.mtime.timestamp()] * table.num_rows, pa.float64())
+            readable = max(info.mtime.timestamp(), not_before.get(info.path, 0.0))
+            seen = pa.array([readable] * table.num_rows, pa.float64())
             parts.append(table.append_column("_visible", seen))
         tables[kind] = pa.concat_tables(parts) if parts else None
     predictions, feedback = tables[predictionlog.PREDICTIONS], tables[predictionlog.FEEDBACK]
@@ -668,8 +710,13 @@ def propagation(part: dict[str, Any]) -> dict[str, Any]:
 
 def fault_part(bench: Bench, kind: str) -> dict[str, Any]:
     share = bench.cfg.error_share if kind == "errors" else 0.0
-    part = rollout(bench, kind, bench.candidates[kind], marked_share=share)
-    part["detectable"] = detectable(bench, part)
+    lister = Lister(bench)
+    lister.start()
+    try:
+        part = rollout(bench, kind, bench.candidates[kind], marked_share=share)
+    finally:
+        lister.stop()
+    part["detectable"] = detectable(bench, part, lister.not_before)
     part["propagation"] = propagation(part)
     part["accuracy"] = {
         "baseline": bench.accuracy["baseline"],
