@@ -85,12 +85,15 @@ def predict_together(loaded: LoadedModel, requests: Sequence[protocol.Decoded]) 
             merged = concatenated(batches)
             answer = loaded.predict(protocol.Decoded(batch=merged))
             if answer_rows(answer) == merged.rows:
+                columns = protocol.Columns.of(answer)
                 results: list[Result] = []
                 start = 0
                 for batch in batches:
-                    rows = rows_between(answer, start, start + batch.rows)
-                    results.append((Predicted(rows, answer, merged, start), None))
-                    start += batch.rows
+                    stop = start + batch.rows
+                    mine = columns.rows(start, stop) if columns is not None else None
+                    rows = rows_between(answer, start, stop)
+                    results.append((Predicted(rows, answer, merged, start, mine), None))
+                    start = stop
                 return results
         except Exception:  # each request is re-run alone below, to find the culprit
             pass

@@ -263,10 +263,18 @@ class Predicted:
     batch: Batch | None
     """The call's validated input (None for a model without a signature)."""
     start: int = 0
+    columns: protocol.Columns | None = None
+    """The request's rows as `protocol.Columns`, when it shared a predict call whose answer
+    converts (once for all of the call's requests)."""
 
     @classmethod
     def alone(cls, predictions: Any, batch: Batch | None) -> "Predicted":
         return cls(predictions, predictions, batch)
+
+    @property
+    def answer(self) -> Any:
+        """What the request's answer is written from: its columns, else its predictions."""
+        return self.predictions if self.columns is None else self.columns
 
 
 def answer_rows(answer: Any) -> int | None:

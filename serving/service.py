@@ -267,7 +267,7 @@ class Service:
                 answer = codec.encode([], loaded.ref)
             else:
                 predicted = await self._predict(loaded, alias, decoded)
-                answer = codec.encode(predicted.predictions, loaded.ref)
+                answer = codec.encode(predicted.answer, loaded.ref)
                 if alias == served.required_alias and self._shadow_sampled(name):
                     self._shadow(served, loaded, decoded, predicted, request_id, logged=logged)
         except ServingError as failure:

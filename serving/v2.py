@@ -533,6 +533,10 @@ def _output_arrays(predictions: Any) -> list[tuple[str, np.ndarray]]:
     if isinstance(predictions, list) and not predictions:
         return []  # a request of zero rows: nothing was predicted
     if isinstance(predictions, pd.DataFrame):
+        predictions = protocol.Columns.of(predictions) or predictions
+    if isinstance(predictions, protocol.Columns):
+        return list(zip(predictions.names, predictions.arrays, strict=True))
+    if isinstance(predictions, pd.DataFrame):
         return [(str(name), _array(column)) for name, column in predictions.items()]
     if isinstance(predictions, pd.Series):
         return [(str(predictions.name or DEFAULT_OUTPUT), _array(predictions))]

@@ -11,18 +11,22 @@ from functools import partial
 from typing import Any
 
 import httpx
+import numpy as np
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from mlflow.types import ColSpec, Schema
 from prometheus_client import Histogram
 
 from registry.client import connect
+from registry.refs import ModelRef
+from serving import v2
 from serving.app import create_app
 from serving.batching import Batcher, Choice, Mode, choose
 from serving.inputs import InputSpec, from_rows
 from serving.model import BatchProfile
 from serving.pool import PredictPool
-from serving.protocol import Decoded
+from serving.protocol import Columns, Decoded, encode
 from serving.settings import ServingSettings
 from tests.conftest import wait_until
 from training.datasets import load_split
@@ -218,6 +222,24 @@ def test_demo_classifier_answers_batched_requests_as_alone(serving: TestClient):
         assert [p for a in together for p in _probabilities(a)] == pytest.approx(
             [p for a in alone for p in _probabilities(a)], rel=1e-4, abs=1e-9
         )
+
+
+def test_a_batch_members_answer_is_written_byte_for_byte_as_its_rows_alone():
+    """Each request's answer is written from the call's columns converted once; the bytes are
+    those its own rows of the DataFrame give, in both protocols."""
+    whole = pd.DataFrame(
+        {"label": np.arange(6), "probability": np.linspace(0, 1, 6), "sure": [True, False] * 3}
+    )
+    columns = Columns.of(whole)
+    assert columns is not None
+    ref = ModelRef("m", "3", alias="staging")
+    for start, stop in ((0, 1), (1, 4), (4, 6)):
+        mine, rows = columns.rows(start, stop), whole.iloc[start:stop]
+        assert encode(mine) == encode(rows)
+        assert v2.V2Codec().encode(mine, ref).body == v2.V2Codec().encode(rows, ref).body
+    # text or dates are written as before, from the DataFrame
+    assert Columns.of(whole.assign(label=["a", "b", "c", "d", "e", "f"])) is None
+    assert Columns.of(whole.assign(when=pd.Timestamp("2026-01-01"))) is None
 
 
 def _labels(answer: dict[str, Any]) -> list[int]:
