@@ -122,8 +122,8 @@ class Columns:
 
     @classmethod
     def of(cls, answer: Any) -> "Columns | None":
-        """`answer`'s columns, or None when it is no such DataFrame."""
-        if not isinstance(answer, pd.DataFrame):
+        """`answer`'s columns, or None when it is no such DataFrame (or has no columns)."""
+        if not isinstance(answer, pd.DataFrame) or not len(answer.columns):
             return None
         names, arrays = [], []
         for name, column in answer.items():

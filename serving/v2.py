@@ -64,6 +64,8 @@ DEFAULT_OUTPUT = "predictions"
 _LENGTH = struct.Struct("<I")
 _DATATYPE_NAMES = frozenset(INPUT_DATATYPES)
 _FIRST = itemgetter(0)
+_SCALARS = frozenset((int, float, bool, type(None)))
+"""JSON values that are neither text nor a container."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,7 +307,7 @@ def _plain_columns(
     if rows and list in set(map(type, map(_FIRST, data))):  # [[v], [v], ...]: flattened there
         return None
     limits.check(rows, len(names), rows * len(names))
-    if long_strings:
+    if long_strings and not _SCALARS.issuperset(map(type, chain.from_iterable(data))):
         for name, values in zip(names, data, strict=True):
             if holds_text(values):
                 found = extent(values)

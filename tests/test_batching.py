@@ -240,6 +240,7 @@ def test_a_batch_members_answer_is_written_byte_for_byte_as_its_rows_alone():
     # text or dates are written as before, from the DataFrame
     assert Columns.of(whole.assign(label=["a", "b", "c", "d", "e", "f"])) is None
     assert Columns.of(whole.assign(when=pd.Timestamp("2026-01-01"))) is None
+    assert Columns.of(pd.DataFrame(index=range(3))) is None  # rows of no column: [{}, {}, {}]
 
 
 def _labels(answer: dict[str, Any]) -> list[int]:
