@@ -10,13 +10,21 @@ from prometheus_client import CollectorRegistry, Counter
 from serving.logs import DroppingQueueHandler, JsonFormatter, LineWriter, TracebackLimiter
 
 
-def test_lines_beyond_the_queue_are_dropped_and_counted():
-    registry = CollectorRegistry()
-    dropped = Counter("modelyard_log_lines_dropped", "", registry=registry)
+def queued_logger(
+    name: str, registry: CollectorRegistry | None = None
+) -> tuple[logging.Logger, "queue.Queue[logging.LogRecord]"]:
+    """A logger whose records go to a queue of 10, drops counted in `registry`."""
+    dropped = Counter("modelyard_log_lines_dropped", "", registry=registry or CollectorRegistry())
     records: queue.Queue[logging.LogRecord] = queue.Queue(10)
-    logger = logging.getLogger("test-logs-flood")
+    logger = logging.getLogger(name)
     logger.propagate = False
     logger.addHandler(DroppingQueueHandler(records, dropped))
+    return logger, records
+
+
+def test_lines_beyond_the_queue_are_dropped_and_counted():
+    registry = CollectorRegistry()
+    logger, records = queued_logger("test-logs-flood", registry)
     for line in range(100):  # nothing writes them: the queue fills up
         logger.error("line %d", line)
     assert records.qsize() == 10
@@ -24,11 +32,7 @@ def test_lines_beyond_the_queue_are_dropped_and_counted():
 
 
 def test_a_failure_is_written_with_its_message_and_its_traceback_apart():
-    dropped = Counter("modelyard_log_lines_dropped", "", registry=CollectorRegistry())
-    records: queue.Queue[logging.LogRecord] = queue.Queue(10)
-    logger = logging.getLogger("test-logs-traceback")
-    logger.propagate = False
-    logger.addHandler(DroppingQueueHandler(records, dropped))
+    logger, records = queued_logger("test-logs-traceback")
     try:
         raise ValueError("boom")
     except ValueError:
@@ -48,11 +52,7 @@ def test_a_failure_is_written_with_its_message_and_its_traceback_apart():
 
 
 def test_a_record_that_cannot_be_formatted_is_named_and_the_others_are_written():
-    dropped = Counter("modelyard_log_lines_dropped", "", registry=CollectorRegistry())
-    records: queue.Queue[logging.LogRecord] = queue.Queue(10)
-    logger = logging.getLogger("test-logs-unformattable")
-    logger.propagate = False
-    logger.addHandler(DroppingQueueHandler(records, dropped))
+    logger, records = queued_logger("test-logs-unformattable")
     logger.warning("before")
     logger.warning("rows: %d", "not a number")
     logger.warning("after")
