@@ -21,6 +21,8 @@ from prometheus_client import Counter
 
 WRITE_EVERY_S = 0.1
 """The writer thread writes what queued this often."""
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+"""A line's time."""
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "message",
@@ -34,7 +36,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "time": self.formatTime(record, TIME_FORMAT),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -92,6 +94,18 @@ class LineWriter(threading.Thread):
             self.write_queued()
         self.write_queued()
 
+    def _unformattable(self, record: logging.LogRecord, exc: Exception) -> str:
+        """The line written in place of a record that cannot be formatted (say, its arguments
+        do not fit its message): where it came from and why, never its arguments."""
+        line = {
+            "time": self.formatter.formatTime(record, TIME_FORMAT),
+            "level": "ERROR",
+            "logger": __name__,
+            "message": f"a log record of {record.name} could not be formatted: {exc!r}",
+            "record_message": str(record.msg)[:300],
+        }
+        return orjson.dumps(line).decode() + "\n"
+
     def stop(self) -> None:
         """Write what queued, then end the thread."""
         self._stopping.set()
@@ -108,26 +122,13 @@ class LineWriter(threading.Thread):
             try:
                 lines.append(self.formatter.format(record) + "\n")
             except Exception as exc:  # a bad record must not end the writer
-                lines.append(_unformattable(record, exc))
+                lines.append(self._unformattable(record, exc))
         if lines:
             try:
                 self.stream.write("".join(lines))
                 self.stream.flush()
             except (OSError, ValueError):  # stderr closed: nowhere left to write
                 pass
-
-
-def _unformattable(record: logging.LogRecord, exc: Exception) -> str:
-    """The line written in place of a record that cannot be formatted (say, its arguments do
-    not fit its message): where it came from and why, never its arguments."""
-    line = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created)),
-        "level": "ERROR",
-        "logger": __name__,
-        "message": f"a log record of {record.name} could not be formatted: {exc!r}",
-        "record_message": str(record.msg)[:300],
-    }
-    return orjson.dumps(line).decode() + "\n"
 
 
 class TracebackLimiter:
